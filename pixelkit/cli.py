@@ -1,0 +1,123 @@
+"""The ``pixelkit`` command (also ``python -m pixelkit``).
+
+Subcommands import their modules only when run, so ``pixelkit --help`` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+# Nothing reaches the network unless the user asks for it (DESIGN.md section 7).
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def _info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="tiny",
+                        help="preset name (tiny, base, paper)")
+    parser.add_argument("--depth", type=int, default=3, help="levels of the component tree")
+    parser.add_argument("--materialize", action="store_true",
+                        help="allocate real (random) weights instead of the meta device")
+
+
+def _info_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from pixelkit.config import PixelLLMConfig
+    from pixelkit.modeling.pixel_llm import PixelLLM
+    from pixelkit.modeling.trainable import component_tree, format_summary, parameter_summary
+
+    config = PixelLLMConfig.from_name(args.preset).without_pretrained()
+    device = "cpu" if args.materialize else "meta"
+    # On the meta device only shapes exist: the paper model (~3.8 B parameters) is
+    # described without allocating its weights or downloading anything.
+    with torch.device(device):
+        model = PixelLLM(config)
+    print(f"PixelLLM preset {args.preset!r} (built on {device}, weights not loaded)")
+    for i, b in enumerate(config.image_encoder.backbones):
+        print(f"  backbone {i}: {b.kind} {b.name} @ {b.image_size or config.image_size}px"
+              f"{' (frozen)' if b.frozen else ''}")
+    lm = config.language_model
+    print(f"  language model: {lm.family} {lm.name}; LoRA r={lm.lora.r} on "
+          f"{lm.lora.target_modules if lm.lora.r else '-'}; base frozen={lm.freeze_base}")
+    print()
+    print(component_tree(model, depth=args.depth))
+    print()
+    print(format_summary(parameter_summary(model)))
+    return 0
+
+
+# name -> (help, module or local add_arguments, run)
+_COMMANDS: dict[str, tuple[str, str | tuple[Callable, Callable]]] = {
+    "info": ("print a preset's component tree and parameter counts",
+             (_info_arguments, _info_run)),
+    "synth": ("write the shapes world (images + annotations in the real formats)",
+              "pixelkit.data.synth"),
+    "bench": ("speed benchmarks, reported as ratios measured in one run", "pixelkit.bench"),
+}
+_DATA_COMMANDS: dict[str, tuple[str, str]] = {
+    "inspect": ("read an annotation file and report records, skipped and errors",
+                "pixelkit.data.inspect"),
+}
+
+
+class _LazyModule:
+    """Defers importing a subcommand's module until it runs (or its --help is asked)."""
+
+    def __init__(self, target: str | tuple[Callable, Callable]) -> None:
+        self.target = target
+
+    def _resolve(self) -> tuple[Callable, Callable]:
+        if isinstance(self.target, tuple):
+            return self.target
+        mod = importlib.import_module(self.target)
+        return mod.add_arguments, mod.run
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The argument parser; only the chosen subcommand's module is imported."""
+    parser = argparse.ArgumentParser(
+        prog="pixelkit",
+        description="PixelLLM (Pixel Aligned Language Models) experimentation kit.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (help_text, target) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            add, run = _LazyModule(target)._resolve()
+            add(p)
+            p.set_defaults(_run=run)
+    data = sub.add_parser("data", help="inspect annotation files", description="data tools")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    for name, (help_text, target) in _DATA_COMMANDS.items():
+        p = data_sub.add_parser(name, help=help_text, description=help_text)
+        if chosen == "data":
+            add, run = _LazyModule(target)._resolve()
+            add(p)
+            p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pixelkit`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    run = getattr(args, "_run", None)
+    if run is None:
+        parser.print_help()
+        return 0 if not argv else 2
+    try:
+        return int(run(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        # Bad input (config, file, argument): one clear line, no stack trace.
+        print(f"pixelkit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

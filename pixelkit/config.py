@@ -1,0 +1,528 @@
+"""Typed configs for every PixelLLM component and named presets.
+
+A :class:`PixelLLMConfig` fully describes a model: which backbones, how wide the prompt
+feature extractor is, which Hugging Face language model (and its LoRA), the heads and the
+loss weights. Configs are plain dataclasses, validated in ``__post_init__`` so a bad
+config fails at construction with a message that names the field and what is allowed.
+They round-trip through ``to_dict`` / ``from_dict`` (and so through YAML, LightningCLI and
+checkpoints).
+
+Presets (``PixelLLMConfig.from_name``):
+
+* ``tiny``  -- random weights, builds in well under a second on a CPU; used by the tests
+  and the shapes world (64 px images, a 2-layer ViT, a 2+2-layer T5 with a word-level
+  shapes-world tokenizer).
+* ``base``  -- one GPU: timm ViT-B/16 at 384 px and ``google/flan-t5-base`` with LoRA.
+* ``paper`` -- the paper's model: frozen SAM ViT-H (``facebook/sam-vit-huge`` through
+  ``transformers.SamModel``) and a trainable EVA02-L side by side at 384 px, a prompt
+  feature extractor with 32 queries, ``google/flan-t5-xl`` with LoRA rank 32 on q and v.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "BackboneConfig",
+    "ImageEncoderConfig",
+    "PromptEncoderConfig",
+    "ExtractorConfig",
+    "LoraSettings",
+    "LanguageModelConfig",
+    "PointHeadConfig",
+    "ProposalHeadConfig",
+    "LossConfig",
+    "PixelLLMConfig",
+    "PRESETS",
+]
+
+
+def _check_choice(owner: str, name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{owner}.{name}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _check_positive(owner: str, **values: float | int) -> None:
+    for name, value in values.items():
+        if value is None or value <= 0:
+            raise ValueError(f"{owner}.{name} must be > 0, got {value!r}")
+
+
+@dataclass
+class BackboneConfig:
+    """One image backbone.
+
+    Attributes:
+        kind: ``"timm"`` (any ``timm.create_model`` name) or ``"sam"`` (the vision encoder
+            of a ``transformers.SamModel``).
+        name: timm model name (e.g. ``vit_base_patch16_384.augreg_in21k_ft_in1k``) or, for
+            ``sam``, a Hugging Face hub id (``facebook/sam-vit-huge``) or local directory.
+        pretrained: load pretrained weights (timm ``pretrained=True`` /
+            ``SamModel.from_pretrained``). Off: random weights from the architecture alone.
+        weights: a local weights file (timm: ``.safetensors``/``.pth``) or directory (sam)
+            to load instead of the hub; implies ``pretrained``.
+        image_size: the input side this backbone sees; the model's input is resized to it
+            when different. ``None``: the model's ``image_size``.
+        frozen: keep the weights fixed (and the module in eval mode).
+        kwargs: extra architecture arguments: ``timm.create_model`` kwargs (``embed_dim``,
+            ``depth``, ...) or ``SamVisionConfig`` fields for ``sam``.
+    """
+
+    kind: Literal["timm", "sam"] = "timm"
+    name: str = "vit_tiny_patch16_224"
+    pretrained: bool = False
+    weights: str | None = None
+    image_size: int | None = None
+    frozen: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_choice("BackboneConfig", "kind", self.kind, ("timm", "sam"))
+        if self.kind == "timm":
+            import timm  # local import: keeps `import pixelkit.config` light
+
+            if not timm.is_model(self.name):
+                close = timm.list_models(f"*{self.name.split('.')[0].split('_')[0]}*")[:8]
+                raise ValueError(
+                    f"BackboneConfig.name={self.name!r} is not a timm model name; "
+                    f"see timm.list_models() (similar: {close})"
+                )
+        if self.image_size is not None:
+            _check_positive("BackboneConfig", image_size=self.image_size)
+
+
+@dataclass
+class ImageEncoderConfig:
+    """One or more backbones whose feature maps are resized to one grid and concatenated.
+
+    Attributes:
+        backbones: the backbones, in channel-concatenation order.
+        grid_size: side of the common feature grid; ``None``: the first backbone's grid.
+    """
+
+    backbones: list[BackboneConfig] = field(default_factory=lambda: [BackboneConfig()])
+    grid_size: int | None = None
+
+    def __post_init__(self) -> None:
+        self.backbones = [
+            b if isinstance(b, BackboneConfig) else BackboneConfig(**b) for b in self.backbones
+        ]
+        if not self.backbones:
+            raise ValueError("ImageEncoderConfig.backbones must name at least one backbone")
+        if self.grid_size is not None:
+            _check_positive("ImageEncoderConfig", grid_size=self.grid_size)
+
+
+@dataclass
+class PromptEncoderConfig:
+    """SAM-style prompt encoder (random Fourier features + learned type embeddings).
+
+    Attributes:
+        embed_dim: token width; ``None`` means the extractor's width (they must match).
+        pe_scale: std of the random Gaussian projection of the Fourier features.
+    """
+
+    embed_dim: int | None = None
+    pe_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_positive("PromptEncoderConfig", pe_scale=self.pe_scale)
+
+
+@dataclass
+class ExtractorConfig:
+    """Prompt feature extractor: a SAM-style two-way transformer with learnable queries.
+
+    Attributes:
+        width: transformer width D.
+        depth: number of two-way blocks (paper: 2; official code: 6).
+        num_heads: attention heads (must divide ``width``).
+        mlp_dim: hidden size of the MLP in each block.
+        num_queries: Q learnable tokens whose outputs become the visual tokens (paper 32).
+        attention_downsample_rate: SAM's reduction of the cross-attention width.
+        image_tokens: also pass the (updated) image grid tokens with their 2-D positional
+            encoding to the LM after the Q query tokens. Not in the paper; an option for
+            small models where Q queries alone are a location bottleneck.
+    """
+
+    width: int = 256
+    depth: int = 2
+    num_heads: int = 8
+    mlp_dim: int = 1024
+    num_queries: int = 32
+    attention_downsample_rate: int = 2
+    image_tokens: bool = False
+
+    def __post_init__(self) -> None:
+        _check_positive(
+            "ExtractorConfig",
+            width=self.width,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            num_queries=self.num_queries,
+            attention_downsample_rate=self.attention_downsample_rate,
+        )
+        if self.width % self.num_heads:
+            raise ValueError(
+                f"ExtractorConfig.num_heads={self.num_heads} must divide "
+                f"ExtractorConfig.width={self.width}"
+            )
+        inner = self.width // self.attention_downsample_rate
+        if self.width % self.attention_downsample_rate or inner % self.num_heads:
+            raise ValueError(
+                f"ExtractorConfig.width/attention_downsample_rate = {self.width}/"
+                f"{self.attention_downsample_rate} must be an integer divisible by "
+                f"num_heads={self.num_heads}"
+            )
+
+
+@dataclass
+class LoraSettings:
+    """LoRA through ``peft.LoraConfig``; ``r=0`` disables it.
+
+    Attributes:
+        r: rank (paper: 32).
+        alpha: scaling numerator (``lora_alpha``).
+        dropout: dropout on the LoRA input.
+        target_modules: module-name suffixes to adapt (T5: ``q``, ``v``; Llama:
+            ``q_proj``, ``v_proj``; GPT-2: ``c_attn``).
+    """
+
+    r: int = 0
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q", "v"])
+
+    def __post_init__(self) -> None:
+        if self.r < 0:
+            raise ValueError(f"LoraSettings.r must be >= 0 (0 disables LoRA), got {self.r}")
+        if self.r and not self.target_modules:
+            raise ValueError("LoraSettings.target_modules must be non-empty when r > 0")
+
+
+@dataclass
+class LanguageModelConfig:
+    """A Hugging Face language model: encoder-decoder (T5 family) or decoder-only.
+
+    Attributes:
+        family: ``"seq2seq"`` (``AutoModelForSeq2SeqLM``: visual tokens + text prompt feed
+            the encoder, the decoder generates) or ``"causal"`` (``AutoModelForCausalLM``:
+            visual tokens + prompt are a prefix).
+        name: hub id or local directory for ``from_pretrained``; also the key for the
+            built-in architecture table used when ``pretrained`` is off and ``arch`` empty.
+        pretrained: load the weights with ``from_pretrained(name)``.
+        arch: architecture kwargs for ``AutoConfig.for_model`` (must include ``model_type``)
+            used when not pretrained; ``vocab_size`` defaults to the tokenizer's size.
+        tokenizer: ``"shapes"`` (built-in word-level tokenizer of the shapes world), a hub
+            id or a local directory; ``None`` means ``name``.
+        freeze_base: freeze the base LM weights (LoRA weights, if any, stay trainable).
+        lora: LoRA settings.
+        max_text_length: longest target text in tokens (EOS included).
+    """
+
+    family: Literal["seq2seq", "causal"] = "seq2seq"
+    name: str = "google/flan-t5-base"
+    pretrained: bool = False
+    arch: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str | None = None
+    freeze_base: bool = True
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    max_text_length: int = 48
+
+    def __post_init__(self) -> None:
+        _check_choice("LanguageModelConfig", "family", self.family, ("seq2seq", "causal"))
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**self.lora)
+        if self.arch and "model_type" not in self.arch:
+            raise ValueError("LanguageModelConfig.arch must include 'model_type' (e.g. 't5')")
+        _check_positive("LanguageModelConfig", max_text_length=self.max_text_length)
+
+
+@dataclass
+class PointHeadConfig:
+    """MLP from the LM's final hidden state to two points (x0, y0, x1, y1) in [0, 1].
+
+    Attributes:
+        hidden_dim: MLP width.
+        num_layers: number of linear layers (>= 1).
+    """
+
+    hidden_dim: int = 256
+    num_layers: int = 2
+
+    def __post_init__(self) -> None:
+        _check_positive("PointHeadConfig", hidden_dim=self.hidden_dim, num_layers=self.num_layers)
+
+
+@dataclass
+class ProposalHeadConfig:
+    """ViTDet simple feature pyramid + class-agnostic CenterNet head.
+
+    Attributes:
+        enabled: build the head (dense captioning needs it).
+        width: pyramid / head channels.
+        scales: pyramid levels as upsampling factors of the encoder grid (ViTDet: 4, 2, 1,
+            0.5); each must be a power of two.
+        num_convs: 3x3 convs in the shared head tower.
+        object_cells: a box is assigned to the level where its longer side spans about
+            this many cells.
+        topk: peaks kept per image before NMS.
+        nms_iou: IoU threshold of the NMS (``torchvision.ops.batched_nms``).
+        score_threshold: default minimum score of a proposal.
+        max_detections: proposals kept per image after NMS.
+    """
+
+    enabled: bool = True
+    width: int = 128
+    scales: list[float] = field(default_factory=lambda: [2.0, 1.0, 0.5])
+    num_convs: int = 2
+    object_cells: float = 4.0
+    topk: int = 100
+    nms_iou: float = 0.5
+    score_threshold: float = 0.05
+    max_detections: int = 50
+
+    def __post_init__(self) -> None:
+        _check_positive(
+            "ProposalHeadConfig", width=self.width, topk=self.topk, object_cells=self.object_cells
+        )
+        if not self.scales:
+            raise ValueError("ProposalHeadConfig.scales must list at least one level")
+        for s in self.scales:
+            if s <= 0 or float(s) != 2.0 ** round(math.log2(s)):
+                raise ValueError(f"ProposalHeadConfig.scales: {s} is not a power of two")
+        if not 0 < self.nms_iou <= 1:
+            raise ValueError(f"ProposalHeadConfig.nms_iou must be in (0, 1], got {self.nms_iou}")
+
+
+@dataclass
+class LossConfig:
+    """Loss weights.
+
+    Attributes:
+        label_smoothing: of the text cross-entropy (paper: 0.1).
+        text_weight: weight of the text loss.
+        point_weight: weight of the per-token point L1. The paper's lambda = 0.1 is for
+            coordinates in a 0..1 box-normalised space with its own scaling; here points
+            are normalised to [0, 1] of the padded square, so an L1 of 0.1 is already
+            10% of the image: the default 1.0 keeps the point gradient comparable to the
+            text loss (measured in the quickstart report).
+        heatmap_weight, box_l1_weight, giou_weight: CenterNet proposal losses.
+    """
+
+    label_smoothing: float = 0.1
+    text_weight: float = 1.0
+    point_weight: float = 1.0
+    heatmap_weight: float = 1.0
+    box_l1_weight: float = 1.0
+    giou_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"LossConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name in ("text_weight", "point_weight", "heatmap_weight", "box_l1_weight", "giou_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"LossConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+
+_SUBCONFIGS: dict[str, type] = {
+    "image_encoder": ImageEncoderConfig,
+    "prompt_encoder": PromptEncoderConfig,
+    "extractor": ExtractorConfig,
+    "language_model": LanguageModelConfig,
+    "point_head": PointHeadConfig,
+    "proposal_head": ProposalHeadConfig,
+    "loss": LossConfig,
+}
+
+
+@dataclass
+class PixelLLMConfig:
+    """The whole model.
+
+    Attributes:
+        image_size: side of the padded square input (images are resized so the longest
+            side fits and padded bottom/right).
+        image_encoder, prompt_encoder, extractor, language_model, point_head,
+            proposal_head, loss: component configs.
+        frozen: extra parameter-name patterns (``fnmatch``) to freeze, e.g.
+            ``["image_encoder.*"]``; applied after each component's own defaults.
+        name: the preset this config came from (informational).
+    """
+
+    image_size: int = 64
+    image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    prompt_encoder: PromptEncoderConfig = field(default_factory=PromptEncoderConfig)
+    extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
+    language_model: LanguageModelConfig = field(default_factory=LanguageModelConfig)
+    point_head: PointHeadConfig = field(default_factory=PointHeadConfig)
+    proposal_head: ProposalHeadConfig = field(default_factory=ProposalHeadConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    frozen: list[str] = field(default_factory=list)
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        for key, cls in _SUBCONFIGS.items():
+            value = getattr(self, key)
+            if isinstance(value, dict):
+                setattr(self, key, cls(**value))
+            elif not isinstance(value, cls):
+                raise TypeError(f"PixelLLMConfig.{key} must be a {cls.__name__} or dict")
+        _check_positive("PixelLLMConfig", image_size=self.image_size)
+        pe = self.prompt_encoder.embed_dim
+        if pe is not None and pe != self.extractor.width:
+            raise ValueError(
+                f"PromptEncoderConfig.embed_dim={pe} must equal ExtractorConfig.width="
+                f"{self.extractor.width} (prompt tokens are the extractor's queries); "
+                "leave embed_dim unset to follow the extractor"
+            )
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> PixelLLMConfig:
+        """A named preset, with optional top-level or dotted overrides.
+
+        Args:
+            name: one of :data:`PRESETS` (``tiny``, ``base``, ``paper``).
+            **overrides: e.g. ``image_size=96`` or ``{"extractor.depth": 4}`` passed as
+                ``**{"extractor.depth": 4}``.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        data = PRESETS[name]()
+        for key, value in overrides.items():
+            _set_dotted(data, key, value)
+        data["name"] = name
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PixelLLMConfig:
+        """Build from a (possibly nested) dict, e.g. one read from YAML or a checkpoint."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"PixelLLMConfig: unknown field(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        return cls(**copy.deepcopy(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A nested dict of plain values (YAML/JSON-safe)."""
+        return dataclasses.asdict(self)
+
+    def without_pretrained(self) -> PixelLLMConfig:
+        """A copy that builds the same architecture with random weights (no loading):
+        used to count or inspect a model with no network, e.g. on the meta device."""
+        data = self.to_dict()
+        for b in data["image_encoder"]["backbones"]:
+            b["pretrained"], b["weights"] = False, None
+        data["language_model"]["pretrained"] = False
+        return PixelLLMConfig.from_dict(data)
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    if len(parts) > 1 and parts[0] not in _SUBCONFIGS:
+        raise ValueError(f"override {key!r}: {parts[0]!r} is not a config section; "
+                         f"sections: {sorted(_SUBCONFIGS)}")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {key!r}: {p!r} is not a config section")
+    node[parts[-1]] = value
+
+
+# --------------------------------------------------------------------------- presets
+def _tiny() -> dict[str, Any]:
+    return {
+        "image_size": 64,
+        "image_encoder": {
+            "backbones": [
+                {
+                    "kind": "timm",
+                    "name": "vit_tiny_patch16_224",
+                    # 64 px / patch 8 = an 8x8 grid; 2 blocks of width 128 build in ~0.1 s.
+                    "kwargs": {"img_size": 64, "patch_size": 8, "embed_dim": 128, "depth": 2,
+                               "num_heads": 4},
+                }
+            ]
+        },
+        "extractor": {"width": 128, "depth": 2, "num_heads": 4, "mlp_dim": 256,
+                      "num_queries": 16},
+        "language_model": {
+            "family": "seq2seq",
+            "name": "t5-tiny",
+            "pretrained": False,
+            "arch": {"model_type": "t5", "d_model": 128, "d_ff": 256, "d_kv": 32,
+                     "num_heads": 4, "num_layers": 2, "num_decoder_layers": 2,
+                     "dropout_rate": 0.0, "feed_forward_proj": "gated-gelu",
+                     "tie_word_embeddings": False},
+            "tokenizer": "shapes",
+            "freeze_base": False,  # random weights: nothing to preserve
+            "lora": {"r": 0},
+            "max_text_length": 48,
+        },
+        "point_head": {"hidden_dim": 128, "num_layers": 2},
+        "proposal_head": {"width": 64, "scales": [2.0, 1.0, 0.5], "num_convs": 2},
+    }
+
+
+def _base() -> dict[str, Any]:
+    return {
+        "image_size": 384,
+        "image_encoder": {
+            "backbones": [
+                {"kind": "timm", "name": "vit_base_patch16_384.augreg_in21k_ft_in1k",
+                 "pretrained": True}
+            ]
+        },
+        "extractor": {"width": 512, "depth": 2, "num_heads": 8, "mlp_dim": 2048,
+                      "num_queries": 32},
+        "language_model": {
+            "family": "seq2seq",
+            "name": "google/flan-t5-base",
+            "pretrained": True,
+            "freeze_base": True,
+            "lora": {"r": 32, "alpha": 32, "dropout": 0.05, "target_modules": ["q", "v"]},
+        },
+        "point_head": {"hidden_dim": 512, "num_layers": 2},
+        "proposal_head": {"width": 256, "scales": [4.0, 2.0, 1.0, 0.5]},
+        "loss": {"point_weight": 1.0},
+    }
+
+
+def _paper() -> dict[str, Any]:
+    return {
+        "image_size": 384,
+        "image_encoder": {
+            "backbones": [
+                # Frozen SAM ViT-H at the kit's 384 px input (positional tables resized
+                # on load), then trainable EVA02-L; both resized to SAM's 24x24 grid.
+                {"kind": "sam", "name": "facebook/sam-vit-huge", "pretrained": True,
+                 "frozen": True, "image_size": 384},
+                {"kind": "timm", "name": "eva02_large_patch14_448.mim_m38m_ft_in22k_in1k",
+                 "pretrained": True, "image_size": 384,
+                 "kwargs": {"img_size": 384, "dynamic_img_pad": True}},
+            ],
+            "grid_size": 24,
+        },
+        "extractor": {"width": 512, "depth": 2, "num_heads": 8, "mlp_dim": 2048,
+                      "num_queries": 32},
+        "language_model": {
+            "family": "seq2seq",
+            "name": "google/flan-t5-xl",
+            "pretrained": True,
+            "freeze_base": True,
+            "lora": {"r": 32, "alpha": 32, "dropout": 0.05, "target_modules": ["q", "v"]},
+        },
+        "point_head": {"hidden_dim": 1024, "num_layers": 2},
+        "proposal_head": {"width": 256, "scales": [4.0, 2.0, 1.0, 0.5]},
+    }
+
+
+#: Named presets: name -> function returning a fresh nested dict.
+PRESETS: dict[str, Any] = {"tiny": _tiny, "base": _base, "paper": _paper}

@@ -1,0 +1,238 @@
+"""Language-model adapter over Hugging Face ``transformers`` (T5 family and causal LMs).
+
+PixelLLM feeds the LM a *prefix* of embeddings -- the visual tokens f_l followed by the
+embedded text prompt -- and teacher-forces (or generates) the target text. This adapter
+hides the two families behind one interface that returns, for every target position p,
+the logits that predict ``labels[p]`` and the final hidden state h_p that emits it:
+
+* ``seq2seq`` (``AutoModelForSeq2SeqLM``): the prefix is the encoder's ``inputs_embeds``;
+  the decoder input is ``[start, labels[:-1]]``.
+* ``causal`` (``AutoModelForCausalLM``): the sequence is ``[prefix, start, labels[:-1]]``,
+  with padded prompt positions masked out and position ids counted over real tokens only.
+
+So in both, h_p has *input* ``labels[p-1]`` (the start token for p = 0): the point head
+reads the location of word ``labels[p-1]`` from h_p (DESIGN.md section 1).
+
+LoRA comes from ``peft.get_peft_model`` with a ``peft.LoraConfig``; the base weights are
+frozen when ``freeze_base`` is set. Weights load with ``from_pretrained`` (hub id or local
+directory) or are built from the architecture with random values.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+
+from pixelkit.config import LanguageModelConfig
+from pixelkit.modeling.hub_configs import known_config
+
+IGNORE_INDEX = -100
+
+
+def resolve_lm_config(cfg: LanguageModelConfig, vocab_size: int | None = None) -> PretrainedConfig:
+    """The Hugging Face config of the LM: ``arch`` if given, else the built-in table, else
+    ``AutoConfig.from_pretrained(name)`` (hub or local directory)."""
+    arch = dict(cfg.arch) or known_config(cfg.name)
+    if arch is None:
+        return AutoConfig.from_pretrained(cfg.name)
+    if "vocab_size" not in arch:
+        if vocab_size is None:
+            from pixelkit.modeling.tokenizer import load_tokenizer
+
+            vocab_size = len(load_tokenizer(cfg.tokenizer or cfg.name))
+        arch["vocab_size"] = vocab_size
+    if cfg.tokenizer == "shapes":
+        # The shapes tokenizer uses T5's ids: <pad> 0 (= decoder start), </s> 1.
+        for key, value in (("pad_token_id", 0), ("eos_token_id", 1), ("bos_token_id", 1),
+                           ("decoder_start_token_id", 0)):
+            arch.setdefault(key, value)
+    model_type = arch.pop("model_type")
+    return AutoConfig.for_model(model_type, **arch)
+
+
+def load_language_model(cfg: LanguageModelConfig, vocab_size: int | None = None) -> PreTrainedModel:
+    """The bare HF model: ``from_pretrained(cfg.name)`` when ``pretrained``, else random
+    weights from :func:`resolve_lm_config`. ``cfg.name`` may be a hub id or a directory."""
+    auto = AutoModelForSeq2SeqLM if cfg.family == "seq2seq" else AutoModelForCausalLM
+    if cfg.pretrained:
+        try:
+            return auto.from_pretrained(cfg.name)
+        except ValueError as err:
+            if "Unrecognized configuration class" not in str(err):
+                raise
+            other = "decoder-only (causal)" if cfg.family == "seq2seq" else "encoder-decoder"
+            raise ValueError(f"LanguageModelConfig.family={cfg.family!r} does not fit "
+                             f"{cfg.name!r}, which looks {other}; set family accordingly") from None
+    model = auto.from_config(resolve_lm_config(cfg, vocab_size))
+    arch = cfg.arch or known_config(cfg.name) or {}
+    head = model.get_output_embeddings()
+    if arch.get("tie_word_embeddings") is False and head is not None:
+        # transformers 5 builds T5 with the LM head tied to the input embedding even when
+        # the architecture (T5 v1.1 / Flan-T5) has a separate one; from_pretrained unties it
+        # when the checkpoint has both. Untie here too, so a random build has the real
+        # model's parameters (Flan-T5-XL: 2.85 B, not 2.78 B).
+        head.weight = nn.Parameter(head.weight.detach().clone())
+        model.config.tie_word_embeddings = False
+        # T5's init gives an untied head std 1 (logits ~sqrt(d) large, initial CE ~50);
+        # use a Linear-like std so a random model starts near log(V).
+        with torch.no_grad():
+            head.weight.normal_(0.0, model.config.get_text_config().hidden_size ** -0.5)
+    return model
+
+
+@dataclass
+class DecodeState:
+    """Key/value cache and masks of an incremental decode (batch of B rows)."""
+
+    cache: Any
+    attention_mask: torch.Tensor            # (B, prefix) seq2seq; (B, seen) causal
+    encoder_outputs: Any = None             # seq2seq only
+    next_position: torch.Tensor | None = None  # (B,) causal only
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` (beam search / finished rows): (B',)."""
+        self.cache.reorder_cache(index)
+        self.attention_mask = self.attention_mask[index]
+        if self.encoder_outputs is not None:
+            self.encoder_outputs.last_hidden_state = self.encoder_outputs.last_hidden_state[index]
+        if self.next_position is not None:
+            self.next_position = self.next_position[index]
+
+
+class LanguageModel(nn.Module):
+    """A Hugging Face LM behind PixelLLM's prefix / targets interface.
+
+    Args:
+        cfg: the LM config.
+        vocab_size: vocabulary size when the architecture does not fix it.
+    """
+
+    def __init__(self, cfg: LanguageModelConfig, vocab_size: int | None = None) -> None:
+        super().__init__()
+        model = load_language_model(cfg, vocab_size)
+        hf = model.config
+        self.is_encoder_decoder = bool(hf.is_encoder_decoder)
+        if self.is_encoder_decoder != (cfg.family == "seq2seq"):
+            raise ValueError(f"LanguageModelConfig.family={cfg.family!r} but {cfg.name!r} is "
+                             f"{'an encoder-decoder' if hf.is_encoder_decoder else 'decoder-only'}")
+        self.hidden_size = int(getattr(hf, "d_model", None) or hf.hidden_size)
+        self.vocab_size = int(hf.vocab_size)
+        self.pad_id = int(hf.pad_token_id if hf.pad_token_id is not None else hf.eos_token_id)
+        self.eos_id = int(hf.eos_token_id)
+        if self.is_encoder_decoder:
+            self.start_id = int(hf.decoder_start_token_id)
+        else:
+            self.start_id = int(hf.bos_token_id if hf.bos_token_id is not None else hf.eos_token_id)
+        if cfg.freeze_base:
+            model.requires_grad_(False)
+        if cfg.lora.r > 0:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                              lora_dropout=cfg.lora.dropout,
+                              target_modules=list(cfg.lora.target_modules))
+            model = get_peft_model(model, lora)
+            if not cfg.freeze_base:  # peft freezes the base; honour the config
+                for name, p in model.named_parameters():
+                    if "lora_" not in name:
+                        p.requires_grad_(True)
+        self.model = model
+        self._keep_arg = self._logits_to_keep_arg()
+
+    def _logits_to_keep_arg(self) -> str | None:
+        params = inspect.signature(self._base().forward).parameters
+        return next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in params), None)
+
+    def _base(self) -> PreTrainedModel:
+        """The underlying transformers model (unwrapping peft)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> input embeddings (B, T, D)."""
+        return self.model.get_input_embeddings()(ids)
+
+    # ------------------------------------------------------------------ training
+    def forward(self, prefix: torch.Tensor, prefix_mask: torch.Tensor,
+                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced pass.
+
+        Args:
+            prefix: (B, P, D) visual tokens + embedded text prompt.
+            prefix_mask: (B, P) 1 for real positions.
+            labels: (B, L) target ids, ``-100`` at padding.
+
+        Returns:
+            logits (B, L, V) predicting ``labels``; hidden (B, L, D), where
+            ``hidden[:, p]`` is the state that emits ``labels[:, p]``.
+        """
+        B, L = labels.shape
+        targets = labels.masked_fill(labels == IGNORE_INDEX, self.pad_id)
+        start = torch.full((B, 1), self.start_id, dtype=labels.dtype, device=labels.device)
+        dec_ids = torch.cat([start, targets[:, :-1]], dim=1)                     # (B, L)
+        if self.is_encoder_decoder:
+            out = self.model(inputs_embeds=prefix, attention_mask=prefix_mask,
+                             decoder_input_ids=dec_ids, output_hidden_states=True,
+                             use_cache=False)
+            return out.logits, out.decoder_hidden_states[-1]
+        dec_mask = torch.cat([torch.ones_like(start), (labels[:, :-1] != IGNORE_INDEX).long()], 1)
+        embeds = torch.cat([prefix, self.embed(dec_ids).to(prefix.dtype)], dim=1)
+        mask = torch.cat([prefix_mask.long(), dec_mask], dim=1)                  # (B, P+L)
+        position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+        extra = {self._keep_arg: L} if self._keep_arg else {}
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                         output_hidden_states=True, use_cache=False, **extra)
+        return out.logits[:, -L:], out.hidden_states[-1][:, -L:]
+
+    # ------------------------------------------------------------------ decoding
+    def start(self, prefix: torch.Tensor, prefix_mask: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, DecodeState]:
+        """First decoding step from the start token, with a key/value cache.
+
+        Returns: logits (B, V), hidden (B, D) of the state that emits the first token, and
+        the state to pass to :meth:`step`.
+        """
+        B = prefix.shape[0]
+        start = torch.full((B, 1), self.start_id, dtype=torch.long, device=prefix.device)
+        if self.is_encoder_decoder:
+            enc = self.model.get_encoder()(inputs_embeds=prefix, attention_mask=prefix_mask)
+            out = self.model(encoder_outputs=enc, attention_mask=prefix_mask,
+                             decoder_input_ids=start, use_cache=True, output_hidden_states=True)
+            state = DecodeState(out.past_key_values, prefix_mask, encoder_outputs=enc)
+            return out.logits[:, -1], out.decoder_hidden_states[-1][:, -1], state
+        embeds = torch.cat([prefix, self.embed(start).to(prefix.dtype)], dim=1)
+        mask = torch.cat([prefix_mask.long(), torch.ones_like(start)], dim=1)
+        position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+        extra = {self._keep_arg: 1} if self._keep_arg else {}
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                         use_cache=True, output_hidden_states=True, **extra)
+        state = DecodeState(out.past_key_values, mask, next_position=position_ids[:, -1] + 1)
+        return out.logits[:, -1], out.hidden_states[-1][:, -1], state
+
+    def step(self, state: DecodeState, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed one token per row (B,) and return the next logits (B, V), hidden (B, D)."""
+        ids = tokens[:, None]
+        if self.is_encoder_decoder:
+            out = self.model(encoder_outputs=state.encoder_outputs,
+                             attention_mask=state.attention_mask, decoder_input_ids=ids,
+                             past_key_values=state.cache, use_cache=True,
+                             output_hidden_states=True)
+            state.cache = out.past_key_values
+            return out.logits[:, -1], out.decoder_hidden_states[-1][:, -1]
+        state.attention_mask = torch.cat([state.attention_mask, torch.ones_like(ids)], dim=1)
+        out = self.model(input_ids=ids, attention_mask=state.attention_mask,
+                         position_ids=state.next_position[:, None], past_key_values=state.cache,
+                         use_cache=True, output_hidden_states=True)
+        state.cache = out.past_key_values
+        state.next_position = state.next_position + 1
+        return out.logits[:, -1], out.hidden_states[-1][:, -1]

@@ -1,0 +1,187 @@
+"""PixelLLM: ties the image encoder, prompt encoder, extractor, LM and heads together.
+
+::
+
+    images (B_img, 3, S, S) --ImageEncoder--> f (B_img, C, h, w)
+    f[image_index] + prompt tokens --extractor--> visual tokens (B, Q, D_lm)
+    [visual ; embedded text prompt] --LM--> logits (B, L, V), hidden (B, L, D_lm)
+    hidden --PointHead--> points (B, L, 4)
+    f --ProposalHead--> heatmaps / boxes (dense captioning)
+
+``image_index`` maps each of the B prompts to one of the B_img images, so many region
+prompts of one image share one image encoding (dense captioning, batched prompts).
+
+Position convention: ``points[:, p]`` comes from the hidden state that emits
+``labels[:, p]``, i.e. whose input is ``labels[:, p-1]``. The data pipeline puts the trace
+target of word ``labels[p-1]`` at position p, and a referring box at the position whose
+label is EOS (see :mod:`pixelkit.modeling.language_model`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from pixelkit.config import PixelLLMConfig
+from pixelkit.modeling.image_encoder import ImageEncoder
+from pixelkit.modeling.language_model import LanguageModel
+from pixelkit.modeling.losses import point_l1, text_loss
+from pixelkit.modeling.point_head import PointHead
+from pixelkit.modeling.prompt_encoder import PromptEncoder, pack_prompts
+from pixelkit.modeling.prompt_feature_extractor import PromptFeatureExtractor
+from pixelkit.modeling.proposal_head import ProposalHead
+from pixelkit.modeling.trainable import set_trainable
+
+
+@dataclass
+class PixelLLMOutput:
+    """What :meth:`PixelLLM.forward` returns.
+
+    Attributes:
+        logits: (B, L, V) next-token logits, or None without labels.
+        points: (B, L, 4) per-position points in [0, 1], or None without labels.
+        losses: unweighted losses by name (``text``, ``point``, ``heatmap``, ``box_l1``,
+            ``giou``): only those whose targets were given.
+        loss: the weighted sum (None when no loss was computed).
+        proposals: raw per-level proposal-head maps when the head ran.
+    """
+
+    logits: torch.Tensor | None = None
+    points: torch.Tensor | None = None
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    loss: torch.Tensor | None = None
+    proposals: list[dict[str, torch.Tensor]] | None = None
+
+
+class PixelLLM(nn.Module):
+    """The Pixel-Aligned Language Model.
+
+    Args:
+        config: the model config (``PixelLLMConfig.from_name("tiny")`` for a quick one).
+        vocab_size: LM vocabulary size when the config's architecture leaves it open.
+    """
+
+    def __init__(self, config: PixelLLMConfig, vocab_size: int | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.image_encoder = ImageEncoder(config.image_encoder, config.image_size)
+        self.language_model = LanguageModel(config.language_model, vocab_size)
+        width = config.extractor.width
+        self.prompt_encoder = PromptEncoder(width, config.prompt_encoder.pe_scale)
+        self.extractor = PromptFeatureExtractor(config.extractor, self.image_encoder.out_channels,
+                                                self.language_model.hidden_size)
+        self.point_head = PointHead(self.language_model.hidden_size, config.point_head)
+        self.proposal_head = (ProposalHead(self.image_encoder.out_channels, config.proposal_head)
+                              if config.proposal_head.enabled else None)
+        for backbone, bcfg in zip(self.image_encoder.backbones, config.image_encoder.backbones):
+            if bcfg.frozen:
+                backbone.requires_grad_(False)
+        if config.frozen:
+            set_trainable(self, frozen=config.frozen)
+
+    # ----------------------------------------------------------------- pieces
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B_img, 3, S, S) in [0, 1] -> f (B_img, C, h, w)."""
+        return self.image_encoder(images)
+
+    def visual_tokens(self, features: torch.Tensor, boxes: torch.Tensor | None = None,
+                      points: torch.Tensor | None = None,
+                      point_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Prompt-conditioned visual tokens.
+
+        Args:
+            features: (B, C, h, w), one row per prompt (index f by image first).
+            boxes: (B, 4) xyxy in [0, 1] (NaN rows: no box), or None.
+            points: (B, N, 2) in [0, 1], or None.
+            point_labels: (B, N) 1 positive, 0 negative, -1 padding.
+
+        Returns:
+            (B, Q, D_lm) (``Q + h*w`` tokens with ``extractor.image_tokens``).
+        """
+        coords, labels = pack_prompts(features.shape[0], boxes, points, point_labels,
+                                      device=features.device)
+        tokens = self.prompt_encoder(coords, labels)
+        pe = self.prompt_encoder.dense_pe(*features.shape[-2:])
+        return self.extractor(features, tokens, pe)
+
+    def prefix(self, visual: torch.Tensor, prompt_ids: torch.Tensor | None = None,
+               prompt_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """[visual tokens ; embedded text prompt] and its mask: (B, P, D), (B, P)."""
+        B, Q, _ = visual.shape
+        mask = torch.ones(B, Q, dtype=torch.long, device=visual.device)
+        if prompt_ids is None or prompt_ids.shape[1] == 0:
+            return visual, mask
+        if prompt_mask is None:
+            prompt_mask = torch.ones_like(prompt_ids)
+        text = self.language_model.embed(prompt_ids).to(visual.dtype)
+        return torch.cat([visual, text], 1), torch.cat([mask, prompt_mask.long()], 1)
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        images: torch.Tensor | None = None,
+        *,
+        features: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        points: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        prompt_ids: torch.Tensor | None = None,
+        prompt_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        point_targets: torch.Tensor | None = None,
+        point_mask: torch.Tensor | None = None,
+        gt_boxes: list[torch.Tensor] | None = None,
+    ) -> PixelLLMOutput:
+        """Teacher-forced pass with losses for whatever targets are given.
+
+        Args:
+            images: (B_img, 3, S, S) in [0, 1]; or pass ``features`` (B_img, C, h, w).
+            image_index: (B,) image of each prompt row; default ``arange(B_img)``.
+            boxes, points, point_labels: location prompts (see :meth:`visual_tokens`).
+            prompt_ids, prompt_mask: (B, T) text prompt (e.g. "where is the red circle").
+            labels: (B, L) target ids, -100 at padding.
+            point_targets: (B, L, 4) targets aligned with positions (see module doc).
+            point_mask: (B, L) 1 where ``point_targets`` is valid.
+            gt_boxes: per image (N_i, 4) normalised xyxy boxes: trains the proposal head.
+
+        Returns:
+            :class:`PixelLLMOutput`.
+        """
+        if features is None:
+            if images is None:
+                raise ValueError("PixelLLM.forward needs `images` or `features`")
+            features = self.encode_image(images)
+        out = PixelLLMOutput()
+        w = self.config.loss
+        total: list[torch.Tensor] = []
+        if labels is not None:
+            f = features if image_index is None else features[image_index]
+            visual = self.visual_tokens(f, boxes, points, point_labels)
+            prefix, mask = self.prefix(visual, prompt_ids, prompt_mask)
+            out.logits, hidden = self.language_model(prefix, mask, labels)
+            out.points = self.point_head(hidden)
+            out.losses["text"] = text_loss(out.logits, labels, w.label_smoothing)
+            total.append(w.text_weight * out.losses["text"])
+            if point_targets is not None and point_mask is not None:
+                out.losses["point"] = point_l1(out.points, point_targets, point_mask)
+                total.append(w.point_weight * out.losses["point"])
+        if gt_boxes is not None and self.proposal_head is not None:
+            out.proposals = self.proposal_head(features)
+            prop = self.proposal_head.loss(out.proposals, gt_boxes)
+            out.losses.update(prop)
+            total += [w.heatmap_weight * prop["heatmap"], w.box_l1_weight * prop["box_l1"],
+                      w.giou_weight * prop["giou"]]
+        if total:
+            out.loss = torch.stack([t.float() for t in total]).sum()
+        return out
+
+    def propose(self, features: torch.Tensor, score_threshold: float | None = None,
+                max_detections: int | None = None) -> list[dict[str, torch.Tensor]]:
+        """Region proposals per image: ``boxes`` (N, 4) normalised xyxy and ``scores``."""
+        if self.proposal_head is None:
+            raise RuntimeError("this model has no proposal head (ProposalHeadConfig.enabled)")
+        return self.proposal_head.decode(self.proposal_head(features), score_threshold,
+                                         max_detections)

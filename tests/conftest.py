@@ -1,0 +1,41 @@
+"""Shared test setup: offline, deterministic, small thread count."""
+
+from __future__ import annotations
+
+import os
+
+# No network in tests: hub lookups fail fast, W&B writes locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+#: ../shared/fixtures/real next to the repository (CI puts ../shared beside the clone).
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "real"
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    if not FIXTURES.is_dir():
+        raise FileNotFoundError(f"real-data fixtures not found at {FIXTURES} (../shared missing?)")
+    return FIXTURES
+
+
+@pytest.fixture
+def tiny_sam_vision() -> dict:
+    """SamVisionConfig fields of a 2-block SAM ViT (64 px, patch 16, 16 output channels)."""
+    return {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "mlp_dim": 64,
+            "output_channels": 16, "image_size": 64, "patch_size": 16, "window_size": 2,
+            "global_attn_indexes": [1], "num_pos_feats": 16}
