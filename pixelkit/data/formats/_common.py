@@ -1,0 +1,523 @@
+"""Shared plumbing of the format readers: field checks, box checks, image lookup, skipping.
+
+Every reader follows the same rules (DESIGN section 7, "every bad input gets a clear
+error that names the file, line or field"):
+
+* a record that cannot be read raises :class:`DataFormatError` naming the file, the line
+  (JSON lines, 1-based) or record index (JSON), and the field, when ``strict=True``;
+  with ``strict=False`` it is skipped, its message kept in ``report.errors`` and the
+  reason counted in ``report.counts``;
+* a box partly outside the image is clipped to it and counted (``clipped_boxes``);
+* a box with zero area (after clipping) is rejected like any bad record
+  (reason ``zero_area_boxes``);
+* a missing or unreadable image is reported by file name (reason ``missing_images``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pixelkit.data.schema import DataFormatError, ReadReport, Sample
+
+#: JSON scalar types accepted where a number is expected (bool is excluded explicitly,
+#: because ``isinstance(True, int)`` is true in Python).
+_NUMBER = (int, float)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class MissingImageError(DataFormatError):
+    """An image that a reader needs (for its size, or because ``check_images=True``)
+    is missing or cannot be opened; the message names the file."""
+
+    reason = "missing_images"
+
+
+class ZeroAreaBoxError(DataFormatError):
+    """A box with no area (width or height 0 after clipping to the image)."""
+
+    reason = "zero_area_boxes"
+
+
+def reason_of(exc: DataFormatError) -> str:
+    """The ``report.counts`` key a skipped record is counted under."""
+    return getattr(exc, "reason", "malformed_records")
+
+
+class Collector:
+    """The report of one read plus the strict / skip policy.
+
+    Args:
+        path: the file being read (named in every message).
+        fmt: the format name stored in the report.
+        strict: raise on the first bad record (True) or skip and count it (False).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], fmt: str, strict: bool) -> None:
+        self.path = str(path)
+        self.strict = strict
+        self.report = ReadReport(path=self.path, format=fmt)
+        # Fix-ups noted while reading the current record; they only reach the report if
+        # the record is kept (ok()), so a skipped record does not also count as clipped.
+        self._pending: dict[str, int] = {}
+
+    def bad(self, exc: DataFormatError, n: int = 1) -> None:
+        """Handle a bad record: raise it (strict) or skip ``n`` records and count why.
+
+        ``n`` > 1 when one failure takes several records with it (e.g. a missing image
+        takes all the regions drawn on it); the message is kept once.
+        """
+        self._pending.clear()
+        if self.strict:
+            raise exc
+        self.report.skip(str(exc))
+        self.report.skipped += n - 1
+        self.report.count(reason_of(exc), n)
+
+    def note(self, key: str, n: int = 1) -> None:
+        """Count a fix-up made to the current record (kept only if the record is)."""
+        if n:
+            self._pending[key] = self._pending.get(key, 0) + n
+
+    def ok(self) -> None:
+        """The current record was read: count it and its fix-ups."""
+        self.report.records += 1
+        for key, n in self._pending.items():
+            self.report.count(key, n)
+        self._pending.clear()
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Count something about the file right away (not tied to one record)."""
+        if n:
+            self.report.count(key, n)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_json(path: str | os.PathLike[str]) -> Any:
+    """Parse a whole JSON file; a syntax error names the file, line and column.
+
+    Raises:
+        DataFormatError: the file is not valid JSON (or not UTF-8).
+        FileNotFoundError: the file does not exist.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataFormatError(
+            f"{path}:{e.lineno}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def iter_jsonl(
+    path: str | os.PathLike[str], col: Collector
+) -> Iterable[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each line of a JSON-lines file (1-based).
+
+    A line that is not a JSON object goes through ``col.bad`` (raised when strict);
+    blank lines are not records but are counted (``blank_lines``) so nothing is hidden.
+    """
+    with open(path, encoding="utf-8", errors="strict") as f:
+        lineno = 0
+        while True:
+            try:
+                line = f.readline()
+            except UnicodeDecodeError as e:
+                # Decoding happens in chunks, so the line number is approximate here.
+                raise DataFormatError(f"{path}:{lineno + 1}: not UTF-8 text ({e.reason})") from None
+            if not line:
+                return
+            lineno += 1
+            if not line.strip():
+                col.count("blank_lines")
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                col.bad(
+                    DataFormatError(
+                        f"{path}:{lineno}: line is not valid JSON ({e.msg} at column {e.colno})"
+                    )
+                )
+                continue
+            if not isinstance(obj, dict):
+                col.bad(
+                    DataFormatError(
+                        f"{path}:{lineno}: line is a JSON {type(obj).__name__}, expected an object"
+                    )
+                )
+                continue
+            yield lineno, obj
+
+
+# --------------------------------------------------------------------------- fields
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def get(record: Any, key: str, where: str, *, field: str | None = None) -> Any:
+    """``record[key]``, or a DataFormatError naming ``where`` and the field."""
+    name = field or key
+    if not isinstance(record, dict):
+        raise DataFormatError(
+            f"{where}: expected an object with field {name!r}, got {_show(record)}"
+        )
+    if key not in record:
+        raise DataFormatError(f"{where}: field {name!r} is missing")
+    return record[key]
+
+
+def get_number(record: Any, key: str, where: str, *, field: str | None = None) -> float:
+    """A finite number field (int or float, not bool)."""
+    return as_number(get(record, key, where, field=field), where, field or key)
+
+
+def as_number(value: Any, where: str, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, _NUMBER):
+        raise DataFormatError(f"{where}: field {field!r} must be a number, got {_show(value)}")
+    if not math.isfinite(value):
+        raise DataFormatError(f"{where}: field {field!r} must be finite, got {value!r}")
+    return float(value)
+
+
+def get_str(
+    record: Any, key: str, where: str, *, field: str | None = None, nonempty: bool = True
+) -> str:
+    """A string field, stripped; empty strings are refused unless ``nonempty=False``."""
+    name = field or key
+    value = get(record, key, where, field=name)
+    if not isinstance(value, str):
+        raise DataFormatError(f"{where}: field {name!r} must be a string, got {_show(value)}")
+    value = value.strip()
+    if nonempty and not value:
+        raise DataFormatError(f"{where}: field {name!r} is empty")
+    return value
+
+
+def get_id(record: Any, key: str, where: str, *, field: str | None = None) -> int | str:
+    """An id field: an int or a non-empty string (COCO uses ints, LN strings)."""
+    name = field or key
+    value = get(record, key, where, field=name)
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
+        raise DataFormatError(
+            f"{where}: field {name!r} must be an integer or a non-empty string, got {_show(value)}"
+        )
+    return value
+
+
+def get_list(record: Any, key: str, where: str, *, field: str | None = None) -> list[Any]:
+    name = field or key
+    value = get(record, key, where, field=name)
+    if not isinstance(value, list):
+        raise DataFormatError(f"{where}: field {name!r} must be a list, got {_show(value)}")
+    return value
+
+
+def get_size(record: Any, where: str) -> tuple[int, int]:
+    """``(width, height)`` from COCO-style ``width`` / ``height`` fields (positive)."""
+    size = []
+    for key in ("width", "height"):
+        value = get_number(record, key, where)
+        if value <= 0 or value != int(value):
+            raise DataFormatError(
+                f"{where}: field {key!r} must be a positive integer, got {value!r}"
+            )
+        size.append(int(value))
+    return size[0], size[1]
+
+
+# --------------------------------------------------------------------------- boxes
+
+
+def xywh_box(value: Any, where: str, field: str = "bbox") -> list[float]:
+    """A ``[x, y, w, h]`` list of four finite numbers, returned as floats."""
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise DataFormatError(
+            f"{where}: field {field!r} must be a list of 4 numbers, got {_show(value)}"
+        )
+    return [as_number(v, where, f"{field}[{i}]") for i, v in enumerate(value)]
+
+
+def check_box_xyxy(
+    box: Sequence[float], size: tuple[int, int] | None, where: str, col: Collector, field: str
+) -> np.ndarray:
+    """Clip an xyxy pixel box to the image and refuse it when no area is left.
+
+    Args:
+        box: ``(x0, y0, x1, y1)`` in pixels.
+        size: ``(width, height)`` of the image; None when unknown (no clipping).
+        where: record location for messages.
+        col: collector (``clipped_boxes`` is counted there).
+        field: the field the box came from, for messages.
+
+    Returns:
+        ``(4,)`` float32 box, clipped.
+
+    Raises:
+        ZeroAreaBoxError: width or height is not positive before or after clipping.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (x1 > x0 and y1 > y0):
+        raise ZeroAreaBoxError(
+            f"{where}: field {field!r} is a box with zero area "
+            f"(width {x1 - x0:g}, height {y1 - y0:g})"
+        )
+    if size is not None:
+        w, h = size
+        cx0, cy0 = min(max(x0, 0.0), w), min(max(y0, 0.0), h)
+        cx1, cy1 = min(max(x1, 0.0), w), min(max(y1, 0.0), h)
+        if not (cx1 > cx0 and cy1 > cy0):
+            raise ZeroAreaBoxError(
+                f"{where}: field {field!r} box [{x0:g}, {y0:g}, {x1:g}, {y1:g}] (xyxy) lies "
+                f"outside the {w}x{h} image (zero area after clipping)"
+            )
+        if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
+            col.note("clipped_boxes")
+        x0, y0, x1, y1 = cx0, cy0, cx1, cy1
+    return np.array([x0, y0, x1, y1], np.float32)
+
+
+def xywh_to_checked_xyxy(
+    value: Any, size: tuple[int, int] | None, where: str, col: Collector, field: str = "bbox"
+) -> np.ndarray:
+    """Parse an absolute ``[x, y, w, h]`` box, convert to xyxy, clip and check it."""
+    x, y, w, h = xywh_box(value, where, field)
+    return check_box_xyxy((x, y, x + w, y + h), size, where, col, field)
+
+
+# --------------------------------------------------------------------------- images
+
+
+class ImageSizes:
+    """Reads image sizes from file headers, once per path.
+
+    ``PIL.Image.open`` parses only the header, so this is cheap even for large images.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[int, int]] = {}
+
+    def __call__(self, path: str, where: str) -> tuple[int, int]:
+        """``(width, height)`` of the image at ``path``.
+
+        Raises:
+            MissingImageError: the file is missing or is not an image PIL can read.
+        """
+        size = self._cache.get(path)
+        if size is None:
+            size = open_image_size(path, where)
+            self._cache[path] = size
+        return size
+
+
+def open_image_size(path: str, where: str) -> tuple[int, int]:
+    """Open an image header and return its ``(width, height)``; errors name the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return int(im.size[0]), int(im.size[1])
+    except FileNotFoundError:
+        raise MissingImageError(f"{where}: image file {path} not found") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise MissingImageError(f"{where}: image file {path} cannot be read ({e})") from None
+
+
+def check_image(path: str, size: tuple[int, int], sizes: ImageSizes, where: str) -> None:
+    """Verify that an image opens and has the size the annotation file declares."""
+    actual = sizes(path, where)
+    if actual != tuple(size):
+        raise MissingImageError(
+            f"{where}: image file {path} is {actual[0]}x{actual[1]} but the annotation says "
+            f"{size[0]}x{size[1]} (width x height)"
+        )
+
+
+def image_path(images_dir: str | os.PathLike[str] | None, file_name: str) -> str:
+    """Join ``images_dir`` and a file name from the annotations (kept as is when None)."""
+    return str(Path(images_dir) / file_name) if images_dir is not None else file_name
+
+
+def format_pattern(pattern: str, image_id: int | str, **fields: Any) -> str:
+    """Fill an image file pattern with an image id.
+
+    ``{id}`` keeps a string id as written (``"000123"`` stays so); a pattern with an
+    integer format spec such as ``{id:012d}`` gets the id as an int, which is how COCO
+    file names (``000000137576.jpg``) are built from LN's string ids.
+
+    Raises:
+        ValueError: the pattern needs an integer but the id is not numeric.
+    """
+    try:
+        return pattern.format(id=image_id, **fields)
+    except ValueError:
+        if isinstance(image_id, str) and image_id.strip().isdigit():
+            return pattern.format(id=int(image_id), **fields)
+        raise
+
+
+class ImageResolver:
+    """Finds the image file of an image id by trying file-name patterns in order.
+
+    The pattern that matched last is tried first, since one dataset uses one pattern.
+
+    Args:
+        images_dir: folder holding the images (None: no images available).
+        patterns: file-name patterns relative to ``images_dir`` (``{id}`` = image id;
+            any extra keyword given to :meth:`find` can be used too).
+    """
+
+    def __init__(self, images_dir: str | os.PathLike[str] | None, patterns: Sequence[str]) -> None:
+        self.images_dir = Path(images_dir) if images_dir is not None else None
+        self.patterns = list(patterns)
+        self._last = 0
+        self._cache: dict[tuple[Any, ...], str] = {}
+
+    def candidates(self, image_id: int | str, **fields: Any) -> list[str]:
+        """The file names the patterns give for this id (patterns that do not apply,
+        e.g. ``{id:012d}`` for a non-numeric id, are left out)."""
+        names = []
+        for pattern in self.patterns:
+            try:
+                name = format_pattern(pattern, image_id, **fields)
+            except (ValueError, KeyError, IndexError):
+                continue
+            if name not in names:
+                names.append(name)
+        return names
+
+    def guess(self, image_id: int | str, **fields: Any) -> str:
+        """The path of the first candidate, without looking at the disk."""
+        name = (self.candidates(image_id, **fields) or [str(image_id)])[0]
+        return str(self.images_dir / name) if self.images_dir is not None else name
+
+    def find(self, image_id: int | str, where: str, **fields: Any) -> str:
+        """Path of the first candidate file that exists.
+
+        Raises:
+            MissingImageError: none exists (or there is no images_dir); the message lists
+                the files tried.
+        """
+        if self.images_dir is None:
+            raise MissingImageError(
+                f"{where}: the size of image {image_id!r} is unknown: it is not in image_sizes "
+                "and no images_dir was given"
+            )
+        key = (image_id, *sorted(fields.items()))
+        if key in self._cache:
+            return self._cache[key]
+        names = self.candidates(image_id, **fields)
+        order = list(range(len(names)))
+        if self._last < len(names):
+            order.insert(0, order.pop(self._last))
+        for i in order:
+            path = self.images_dir / names[i]
+            if path.is_file():
+                self._last = i
+                self._cache[key] = str(path)
+                return str(path)
+        tried = ", ".join(names) or "(no pattern applies)"
+        raise MissingImageError(
+            f"{where}: image for image_id {image_id!r} not found in {self.images_dir} "
+            f"(tried {tried})"
+        )
+
+
+def locate_image(
+    resolver: ImageResolver,
+    sizes: ImageSizes,
+    image_sizes: Mapping[Any, tuple[int, int]] | None,
+    image_id: int | str,
+    where: str,
+    check_images: bool,
+    **fields: Any,
+) -> tuple[str, tuple[int, int]]:
+    """Path and ``(width, height)`` of an image for formats that carry no sizes.
+
+    A size given in ``image_sizes`` is used without touching the disk (unless
+    ``check_images``, which also verifies it); otherwise the image header is read.
+
+    Raises:
+        MissingImageError: the image is needed but missing, unreadable or of another size.
+    """
+    known = lookup_size(image_sizes, image_id)
+    if known is not None and not check_images:
+        return resolver.guess(image_id, **fields), (int(known[0]), int(known[1]))
+    path = resolver.find(image_id, where, **fields)
+    if known is not None:
+        check_image(path, known, sizes, where)
+        return path, (int(known[0]), int(known[1]))
+    return path, sizes(path, where)
+
+
+def lookup_size(
+    sizes: Mapping[Any, tuple[int, int]] | None, image_id: int | str
+) -> tuple[int, int] | None:
+    """A user-given size for ``image_id`` (string and integer spellings both tried)."""
+    if sizes is None:
+        return None
+    for key in (image_id, str(image_id)):
+        if key in sizes:
+            return tuple(sizes[key])  # type: ignore[return-value]
+    if isinstance(image_id, str) and image_id.isdigit() and int(image_id) in sizes:
+        return tuple(sizes[int(image_id)])  # type: ignore[return-value]
+    return None
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def to_loca_caption(samples: Iterable[Sample]) -> list[Sample]:
+    """Explode ``densecap`` samples into one ``loca_caption`` sample per region.
+
+    Each region keeps its box (pixels), its phrase as ``text``, its region / annotation
+    id as ``ann_id`` (from ``extra["ann_ids"]`` when the reader stored them) and the
+    ``source`` of its own annotation record (``extra["ann_sources"]``; else
+    ``"<densecap source>/region<i>"``). Samples of other tasks pass through.
+
+    Args:
+        samples: samples from a dense-captioning reader.
+
+    Returns:
+        A new list; the input samples are not modified.
+    """
+    out: list[Sample] = []
+    for s in samples:
+        if s.task != "densecap":
+            out.append(s)
+            continue
+        n = len(s.boxes)
+        ann_ids = s.extra.get("ann_ids") or [None] * n
+        sources = s.extra.get("ann_sources") or [f"{s.source}/region{i}" for i in range(n)]
+        extra = {k: v for k, v in s.extra.items() if k not in ("ann_ids", "ann_sources")}
+        for i, (box, text) in enumerate(zip(s.boxes, s.box_texts, strict=True)):
+            out.append(
+                Sample(
+                    image_path=s.image_path,
+                    image_size=s.image_size,
+                    task="loca_caption",
+                    text=text,
+                    boxes=box[None].copy(),
+                    box_texts=[text],
+                    image_id=s.image_id,
+                    ann_id=ann_ids[i],
+                    source=sources[i],
+                    extra=dict(extra),
+                )
+            )
+    return out
