@@ -1,0 +1,459 @@
+"""``pixelkit bench``: throughput benchmarks, reported as numbers and ratios from one run.
+
+Benchmarks live in a small registry, :data:`BENCHES` (name -> function of the parsed
+arguments returning ``{metric: value}``); add one with :func:`register`. Timings are never
+asserted in tests (DESIGN.md section 7): this command is where they are measured.
+
+Usage::
+
+    pixelkit bench                      # every bench, bench.json written
+    pixelkit bench --only data --quick  # one bench, shorter timing loops
+
+Benches:
+    data: Localized Narratives trace-to-token alignment (:mod:`pixelkit.data.alignment`),
+        narratives per second on one core for the full per-record path
+        (``utterance_locations`` + ``align_caption``), with a word-level and a subword
+        (byte-level BPE) fast tokenizer built in memory, on shapes-world narratives and on the
+        real fixture record; also how often the official relative-position mapping gives a
+        token another utterance than the exact text mapping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BenchFn = Callable[[argparse.Namespace], dict[str, float]]
+
+#: name -> benchmark. Each returns ``{metric: value}`` (floats).
+BENCHES: dict[str, BenchFn] = {}
+
+
+def register(name: str) -> Callable[[BenchFn], BenchFn]:
+    """Decorator adding a benchmark to :data:`BENCHES` under ``name``."""
+
+    def deco(fn: BenchFn) -> BenchFn:
+        if name in BENCHES:
+            raise ValueError(f"bench {name!r} is registered twice")
+        BENCHES[name] = fn
+        return fn
+
+    return deco
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``pixelkit bench`` options to ``parser``."""
+    parser.add_argument(
+        "--only",
+        default="",
+        metavar="NAME[,NAME]",
+        help=f"run only these benches (comma-separated); known: {', '.join(sorted(BENCHES))}",
+    )
+    parser.add_argument("--out", default="bench.json", help="JSON file for the results")
+    parser.add_argument(
+        "--quick", action="store_true", help="shorter timing loops (noisier numbers)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the selected benches, print a table and write the JSON file.
+
+    Returns:
+        The exit code: 0, or 2 for an unknown bench name, 1 when a bench failed.
+    """
+    names = [n.strip() for n in (args.only or "").split(",") if n.strip()] or list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        print(
+            f"pixelkit bench: unknown bench {', '.join(unknown)}; known: {', '.join(BENCHES)}",
+            file=sys.stderr,
+        )
+        return 2
+    results: dict[str, dict[str, float]] = {}
+    failed = False
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            results[name] = {k: float(v) for k, v in BENCHES[name](args).items()}
+        except Exception as err:  # noqa: BLE001 - report it and go on with the other benches
+            print(f"pixelkit bench: {name} failed: {err!r}", file=sys.stderr)
+            failed = True
+            continue
+        print(f"[{name}: {time.perf_counter() - t0:.1f} s]", file=sys.stderr)
+    _print_table(results)
+    payload = {
+        "meta": {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "quick": bool(getattr(args, "quick", False)),
+        },
+        "results": results,
+    }
+    out = Path(getattr(args, "out", "bench.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n")
+    print(f"wrote {out}")
+    return 1 if failed else 0
+
+
+def _print_table(results: dict[str, dict[str, float]]) -> None:
+    rows = [(b, k, v) for b, metrics in results.items() for k, v in metrics.items()]
+    if not rows:
+        return
+    wb = max(len("bench"), *(len(r[0]) for r in rows))
+    wk = max(len("metric"), *(len(r[1]) for r in rows))
+    print(f"{'bench':<{wb}}  {'metric':<{wk}}  value")
+    print(f"{'-' * wb}  {'-' * wk}  {'-' * 12}")
+    for b, k, v in rows:
+        print(f"{b:<{wb}}  {k:<{wk}}  {_fmt(v)}")
+
+
+def _fmt(v: float) -> str:
+    if math.isnan(v) or v == 0 or 1e-3 <= abs(v) < 1e6:
+        return f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return f"{v:.3e}"
+
+
+@contextlib.contextmanager
+def single_core() -> Iterator[None]:
+    """Pin this process to one CPU and one thread for torch / BLAS / tokenizers, then restore."""
+    old_affinity = None
+    if hasattr(os, "sched_getaffinity"):
+        old_affinity = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(old_affinity)})
+    old_tok = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    old_torch = None
+    try:
+        import torch
+
+        old_torch = torch.get_num_threads()
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    limiter: Any = contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+
+        limiter = threadpool_limits(1)
+    except ImportError:
+        pass
+    try:
+        with limiter:
+            yield
+    finally:
+        if old_torch is not None:
+            import torch
+
+            torch.set_num_threads(old_torch)
+        if old_tok is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old_tok
+        if old_affinity is not None:
+            os.sched_setaffinity(0, old_affinity)
+
+
+# --------------------------------------------------------------------------------------------
+# data bench
+# --------------------------------------------------------------------------------------------
+
+_LN_VOCAB = (
+    "in this image there is a large small red green blue circle square triangle "
+    "on the left right top bottom and , ."
+)
+_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
+_SHAPES = ("circle", "square", "triangle")
+
+
+def shapes_narratives(num: int, seed: int = 0, canvas: int = 64) -> list[dict[str, Any]]:
+    """Shapes-world-style Localized Narratives records (DESIGN.md section 4), in memory.
+
+    A stand-in for :mod:`pixelkit.data.synth` with the same narrative grammar: one utterance
+    per whitespace word (0.3-0.5 s each, punctuation included), a ~20 Hz mouse trace that
+    wanders inside an object's box while its phrase is spoken and travels between objects
+    otherwise. Coordinates are normalised to the canvas.
+
+    Args:
+        num: number of records.
+        seed: numpy seed.
+        canvas: side of the square canvas in pixels (only for the object sizes).
+
+    Returns:
+        LN records (dicts) with ``caption``, ``timed_caption`` and ``traces``.
+    """
+    rng = np.random.default_rng(seed)
+    records = []
+    for idx in range(num):
+        n_obj = int(rng.integers(1, 4))
+        objects = []
+        for _ in range(n_obj):
+            large = bool(rng.random() < 0.5)
+            side = rng.uniform(0.32, 0.44) if large else rng.uniform(0.16, 0.24)
+            x0, y0 = rng.uniform(0, 1 - side, size=2)
+            objects.append((x0, y0, x0 + side, y0 + side, large))
+        objects.sort(key=lambda o: o[0] + o[2])
+        words: list[tuple[str, int]] = [(w, -1) for w in ["in", "this", "image", "there", "is"]]
+        for k, (x0, y0, x1, y1, large) in enumerate(objects):
+            if k:
+                words.append(("and" if k == n_obj - 1 else ",", -1))
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            horiz = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else ""
+            vert = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else ""
+            if horiz and vert:
+                loc = f"in the {vert} {horiz}"
+            elif horiz:
+                loc = f"on the {horiz}"
+            elif vert:
+                loc = f"at the {vert}"
+            else:
+                loc = "in the center"
+            size = "large " if large else ("small " if rng.random() < 0.5 else "")
+            phrase = f"a {size}{_COLOURS[rng.integers(6)]} {_SHAPES[rng.integers(3)]} {loc}"
+            words += [(w, k) for w in phrase.split()]
+        words.append((".", -1))
+
+        timed, points = [], []
+        t = 0.0
+        pos = np.array([0.5, 0.5])
+        for w, obj in words:
+            dur = float(rng.uniform(0.3, 0.5))
+            timed.append({"utterance": w, "start_time": round(t, 3), "end_time": round(t + dur, 3)})
+            for tt in np.arange(t, t + dur, 0.05):
+                if obj >= 0:
+                    x0, y0, x1, y1, _ = objects[obj]
+                    target = rng.uniform([x0, y0], [x1, y1])
+                else:
+                    nxt = next((o for ww, o in words if o >= 0), 0)
+                    x0, y0, x1, y1, _ = objects[nxt]
+                    target = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+                pos = pos + 0.5 * (target - pos)
+                points.append(
+                    {"x": round(float(pos[0]), 4), "y": round(float(pos[1]), 4), "t": round(tt, 3)}
+                )
+            t += dur
+        records.append(
+            {
+                "dataset_id": "shapes",
+                "image_id": str(idx),
+                "annotator_id": 0,
+                "caption": " ".join(w for w, _ in words),
+                "timed_caption": timed,
+                "traces": [points],
+                "voice_recording": "",
+            }
+        )
+    return records
+
+
+def _synth_records(num: int, seed: int) -> list[dict[str, Any]] | None:
+    """Narratives from :mod:`pixelkit.data.synth` when it is there and callable as documented."""
+    try:
+        from pixelkit.data import synth  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - synth is optional here; any failure -> own generator
+        return None
+    fn = getattr(synth, "synthesize", None)
+    if fn is None:
+        return None
+    try:
+        params = inspect.signature(fn).parameters
+        with tempfile.TemporaryDirectory() as tmp:
+            kwargs: dict[str, Any] = {}
+            for key, val in (
+                ("num_images", num),
+                ("seed", seed),
+                ("image_size", 64),
+                ("progress", False),
+            ):
+                if key in params:
+                    kwargs[key] = val
+            out_key = next(
+                (k for k in ("out", "out_dir", "output_dir", "root") if k in params), None
+            )
+            if out_key is not None:
+                kwargs[out_key] = tmp
+                fn(**kwargs)
+            else:
+                fn(tmp, **kwargs)
+            lines = []
+            for split in ("train", "val"):
+                path = Path(tmp) / "annotations" / f"localized_narratives_{split}.jsonl"
+                if path.exists():
+                    lines += path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    except Exception as err:  # noqa: BLE001 - fall back to the bench's own generator
+        print(f"pixelkit bench: pixelkit.data.synth not usable here ({err!r})", file=sys.stderr)
+        return None
+
+
+def _fixture_records() -> list[dict[str, Any]]:
+    here = Path(__file__).resolve()
+    for root in (here.parents[1].parent / "shared", here.parents[1] / "shared"):
+        path = root / "fixtures" / "real" / "localized_narratives_sample.jsonl"
+        if path.exists():
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return []
+
+
+def build_bench_tokenizers(texts: list[str]) -> dict[str, Any]:
+    """A word-level and a byte-level BPE fast tokenizer trained in memory on ``texts``.
+
+    Returns:
+        ``{"word": PreTrainedTokenizerFast, "subword": PreTrainedTokenizerFast}``.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+    word = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    word.normalizer = normalizers.Lowercase()
+    word.pre_tokenizer = pre_tokenizers.Whitespace()
+    word.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=specials))
+
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    # A tiny vocabulary (the 256 byte symbols + 4 specials + 24 merges) so that most words
+    # of the small shapes vocabulary split into several pieces.
+    bpe.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=284,
+            show_progress=False,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    kw = {"unk_token": "[UNK]", "pad_token": "[PAD]", "bos_token": "[BOS]", "eos_token": "[EOS]"}
+    return {
+        "word": PreTrainedTokenizerFast(tokenizer_object=word, **kw),
+        "subword": PreTrainedTokenizerFast(tokenizer_object=bpe, **kw),
+    }
+
+
+def _throughput(
+    fn: Callable[[dict[str, Any]], Any], records: list[dict[str, Any]], seconds: float
+) -> tuple[float, float]:
+    """Records per second of ``fn``, the best of repeated passes over ``records``.
+
+    Returns:
+        ``(per CPU second, per wall second)``. The CPU-time rate (this thread's CPU time) is
+        the headline: on a shared machine other processes steal wall time from a pinned,
+        single-threaded loop but not CPU time. The best pass, not the mean, for the same
+        reason. On an idle machine the two agree.
+    """
+    for rec in records[: min(20, len(records))]:  # warm-up (caches, allocator)
+        fn(rec)
+    best_cpu = best_wall = 0.0
+    t_end = time.perf_counter() + seconds
+    passes = 0
+    while passes < 3 or time.perf_counter() < t_end:
+        c0, w0 = time.thread_time(), time.perf_counter()
+        for rec in records:
+            fn(rec)
+        cpu, wall = time.thread_time() - c0, time.perf_counter() - w0
+        best_cpu = max(best_cpu, len(records) / max(cpu, 1e-9))
+        best_wall = max(best_wall, len(records) / max(wall, 1e-9))
+        passes += 1
+    return best_cpu, best_wall
+
+
+def ln_sized_narratives(num: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Records of real Localized Narratives size: ~60 utterances, ~1,200 trace points.
+
+    Real COCO narratives average a few dozen words and tens of seconds of trace at ~20 Hz;
+    the shapes world's are about a third of that. Words come from the shapes vocabulary,
+    traces are a random walk, so only the sizes are realistic.
+    """
+    rng = np.random.default_rng(seed)
+    vocab = _LN_VOCAB.split()
+    records = []
+    for _ in range(num):
+        n_words = int(rng.integers(40, 80))
+        words = [vocab[i] for i in rng.integers(0, len(vocab), n_words)]
+        durs = rng.uniform(0.3, 0.6, n_words)
+        starts = np.concatenate([[0.0], np.cumsum(durs)[:-1]])
+        timed = [
+            {"utterance": w, "start_time": round(float(s), 3), "end_time": round(float(s + d), 3)}
+            for w, s, d in zip(words, starts, durs)
+        ]
+        t = np.arange(0.0, float(starts[-1] + durs[-1]), 0.025)
+        xy = 0.5 + np.cumsum(rng.normal(0, 0.01, (len(t), 2)), axis=0)
+        cut = len(t) // 2  # two segments, as LN traces often have
+        pts = [
+            {"x": round(float(a), 4), "y": round(float(b), 4), "t": round(float(c), 3)}
+            for (a, b), c in zip(xy, t)
+        ]
+        records.append(
+            {"caption": " ".join(words), "timed_caption": timed, "traces": [pts[:cut], pts[cut:]]}
+        )
+    return records
+
+
+@register("data")
+def bench_data(args: argparse.Namespace) -> dict[str, float]:
+    """Alignment throughput (narratives / s on one core) and official-vs-text mapping errors."""
+    from pixelkit.data.alignment import align_caption, compare_methods, utterance_locations
+
+    quick = bool(getattr(args, "quick", False))
+    seconds = 0.4 if quick else 2.0
+    num = 100 if quick else 400
+    records = _synth_records(num, seed=0)
+    from_synth = records is not None
+    if records is None:
+        records = shapes_narratives(num, seed=0)
+    fixture = _fixture_records()
+    toks = build_bench_tokenizers([r["caption"] for r in records + fixture])
+
+    def full_path(tokenizer: Any, method: str) -> Callable[[dict[str, Any]], Any]:
+        def fn(rec: dict[str, Any]) -> Any:
+            locs = utterance_locations(rec)
+            utts = [u["utterance"] for u in rec.get("timed_caption") or []]
+            return align_caption(utts, locs, tokenizer, caption=rec.get("caption"), method=method)
+
+        return fn
+
+    out: dict[str, float] = {"shapes_from_synth": float(from_synth), "records": float(len(records))}
+    ln_sized = ln_sized_narratives(max(20, num // 4), seed=1)
+    with single_core():
+        out["utterance_locations_per_second"] = _throughput(utterance_locations, records, seconds)[
+            0
+        ]
+        for tok_name, tok in toks.items():
+            for method in ("official", "text"):
+                cpu, wall = _throughput(full_path(tok, method), records, seconds)
+                out[f"nps_shapes_{tok_name}_{method}"] = cpu
+                if tok_name == "word" and method == "official":
+                    out["nps_shapes_word_official_wall"] = wall
+        out["nps_ln_sized_word_official"] = _throughput(
+            full_path(toks["word"], "official"), ln_sized, seconds
+        )[0]
+        if fixture:
+            out["nps_fixture_word_official"] = _throughput(
+                full_path(toks["word"], "official"), fixture * 100, seconds
+            )[0]
+    base = out["nps_shapes_word_official"]
+    out["alignment_narratives_per_second"] = base
+    for key in [k for k in out if k.startswith("nps_") and not k.endswith("_wall")]:
+        out["relative_" + key[4:]] = out[key] / base
+    for tok_name, tok in toks.items():
+        cmp = compare_methods(records, tok, reference="text", others=("official", "relative"))
+        for key, val in cmp.items():
+            out[f"{tok_name}_{key}"] = val
+    return out
