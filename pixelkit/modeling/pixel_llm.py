@@ -134,6 +134,7 @@ class PixelLLM(nn.Module):
         point_targets: torch.Tensor | None = None,
         point_mask: torch.Tensor | None = None,
         gt_boxes: list[torch.Tensor] | None = None,
+        return_points: bool = True,
     ) -> PixelLLMOutput:
         """Teacher-forced pass with losses for whatever targets are given.
 
@@ -146,6 +147,8 @@ class PixelLLM(nn.Module):
             point_targets: (B, L, 4) targets aligned with positions (see module doc).
             point_mask: (B, L) 1 where ``point_targets`` is valid.
             gt_boxes: per image (N_i, 4) normalised xyxy boxes: trains the proposal head.
+            return_points: run the point head even without point targets (off: a plain
+                captioning step pays nothing for it).
 
         Returns:
             :class:`PixelLLMOutput`.
@@ -162,10 +165,12 @@ class PixelLLM(nn.Module):
             visual = self.visual_tokens(f, boxes, points, point_labels)
             prefix, mask = self.prefix(visual, prompt_ids, prompt_mask)
             out.logits, hidden = self.language_model(prefix, mask, labels)
-            out.points = self.point_head(hidden)
+            has_targets = point_targets is not None and point_mask is not None
+            if has_targets or return_points:
+                out.points = self.point_head(hidden)
             out.losses["text"] = text_loss(out.logits, labels, w.label_smoothing)
             total.append(w.text_weight * out.losses["text"])
-            if point_targets is not None and point_mask is not None:
+            if has_targets:
                 out.losses["point"] = point_l1(out.points, point_targets, point_mask)
                 total.append(w.point_weight * out.losses["point"])
         if gt_boxes is not None and self.proposal_head is not None:

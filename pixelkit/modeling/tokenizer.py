@@ -65,3 +65,9 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     if tok.pad_token is None:  # GPT-2 / Llama style tokenizers have no pad token
         tok.pad_token = tok.eos_token
     return tok
+
+
+def tokenizer_for(config: "PixelLLMConfig") -> PreTrainedTokenizerBase:  # noqa: F821
+    """The tokenizer of a model config (``language_model.tokenizer`` or its ``name``)."""
+    lm = config.language_model
+    return load_tokenizer(lm.tokenizer or lm.name)
