@@ -56,6 +56,8 @@ _COMMANDS: dict[str, tuple[str, str | tuple[Callable, Callable]]] = {
              (_info_arguments, _info_run)),
     "synth": ("write the shapes world (images + annotations in the real formats)",
               "pixelkit.data.synth"),
+    "eval": ("metrics of a checkpoint on an annotation file (refer, captions, densecap, trace)",
+             "pixelkit.evaluate"),
     "bench": ("speed benchmarks, reported as ratios measured in one run", "pixelkit.bench"),
 }
 _DATA_COMMANDS: dict[str, tuple[str, str]] = {
