@@ -54,6 +54,8 @@ def _info_run(args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, tuple[str, str | tuple[Callable, Callable]]] = {
     "info": ("print a preset's component tree and parameter counts",
              (_info_arguments, _info_run)),
+    "quickstart": ("shapes world -> four stages on CPU -> metrics.json, report.md, checkpoint",
+                   "pixelkit.quickstart"),
     "synth": ("write the shapes world (images + annotations in the real formats)",
               "pixelkit.data.synth"),
     "eval": ("metrics of a checkpoint on an annotation file (refer, captions, densecap, trace)",
@@ -63,6 +65,13 @@ _COMMANDS: dict[str, tuple[str, str | tuple[Callable, Callable]]] = {
 _DATA_COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("read an annotation file and report records, skipped and errors",
                 "pixelkit.data.inspect"),
+}
+
+
+_LIGHTNING_COMMANDS = {
+    "fit": "train a stage: pixelkit fit --config configs/trace.yaml [--overrides]",
+    "validate": "validate a checkpoint: pixelkit validate --config ... --ckpt_path PATH",
+    "test": "test a checkpoint: pixelkit test --config ... --ckpt_path PATH",
 }
 
 
@@ -86,6 +95,8 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         description="PixelLLM (Pixel Aligned Language Models) experimentation kit.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in _LIGHTNING_COMMANDS.items():  # listed here, parsed by LightningCLI
+        sub.add_parser(name, help=help_text, add_help=False)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (help_text, target) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -107,6 +118,12 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pixelkit`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _LIGHTNING_COMMANDS:
+        # fit / validate / test belong to LightningCLI (its own --help, --config, overrides).
+        from pixelkit.training import cli_main
+
+        cli_main(argv)
+        return 0
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     run = getattr(args, "_run", None)

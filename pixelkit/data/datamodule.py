@@ -1,0 +1,310 @@
+"""``PixelDataModule``: several annotation sources, sampled by weight, into padded batches.
+
+A *source* is one annotation file read by :mod:`pixelkit.data.formats` for one task, e.g.
+Localized Narratives for ``trace`` plus COCO captions for ``caption`` (weights 2 : 1). The
+training set is their mixture, sampled with replacement by ``weight / len(source)`` per
+record through a seeded sampler, so ``samples_per_epoch`` fixes an epoch's length whatever
+the file sizes. Batches mix tasks (each row carries its task id in ``batch["task"]``), or
+hold one task each with ``batch_by_task``.
+
+Per record the pipeline is: read (lazily opened image) -> :class:`SampleTransform` /
+:class:`TrainTransform` (resize-pad, optional flip with left/right swap and scale jitter)
+-> task encoding (:mod:`pixelkit.data.encoding`: prompt, targets, per-position points;
+trace targets aligned *after* the flip, which can change the words) -> :func:`collate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
+
+from pixelkit.data.alignment import align_caption
+from pixelkit.data.encoding import Example, collate, make_row
+from pixelkit.data.formats import read_any
+from pixelkit.data.schema import Sample
+from pixelkit.data.transforms import SampleTransform, TrainTransform, TransformedSample
+from pixelkit.modeling.tokenizer import load_tokenizer
+
+#: Tasks a source can train; ``densecap`` trains the proposal head and captions its regions.
+SOURCE_TASKS = ("caption", "trace", "refer", "loca_caption", "densecap")
+
+
+@dataclass
+class SourceConfig:
+    """One annotation file used for one task.
+
+    Attributes:
+        task: one of :data:`SOURCE_TASKS`.
+        ann: annotation file (any format of :mod:`pixelkit.data.formats`).
+        images: folder of its images.
+        weight: relative sampling weight in the mixture.
+        format: the file's format when auto-detection should be skipped.
+        limit: read at most this many samples (after reading, in file order).
+    """
+
+    task: str
+    ann: str
+    images: str
+    weight: float = 1.0
+    format: str | None = None
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in SOURCE_TASKS:
+            raise ValueError(f"SourceConfig.task={self.task!r}: choose one of {SOURCE_TASKS}")
+        if self.weight < 0:
+            raise ValueError(f"SourceConfig.weight must be >= 0, got {self.weight} ({self.ann})")
+
+
+def read_source(src: SourceConfig, strict: bool = False) -> list[Sample]:
+    """Read a source's samples (non-strict: bad records are skipped and counted)."""
+    reader_task = {"trace": None, "caption": None, "refer": None}.get(src.task, src.task)
+    samples, report = read_any(src.ann, src.images, strict=strict, task=reader_task,
+                               format=src.format)
+    if report.skipped:
+        print(f"[pixelkit] {src.ann}: read {report.records}, skipped {report.skipped} "
+              f"(first error: {report.errors[0] if report.errors else '-'})")
+    if src.task == "trace":  # trace needs utterances with locations
+        without = sum(not s.has_trace for s in samples)
+        samples = [s for s in samples if s.has_trace]
+        if without:
+            print(f"[pixelkit] {src.ann}: {without} narratives without a trace not used for 'trace'")
+    return samples[: src.limit] if src.limit else samples
+
+
+class TaskDataset(Dataset):
+    """One source's samples encoded for its task.
+
+    Args:
+        samples: the source's samples.
+        task: the task to encode them for.
+        tokenizer: the LM's tokenizer.
+        transform: image + coordinates into the model frame (with augmentation or not).
+        max_text_length: longest target in tokens (EOS included).
+        alignment: trace-to-token method (``"text"``: exact word matching; ``"official"``:
+            the official relative-position rule, which is one utterance off for half of
+            the tokens, see :mod:`pixelkit.data.alignment`).
+        point_prompt_prob: for ``loca_caption`` / ``densecap`` rows, probability of
+            prompting with clicked points inside the box instead of the box itself.
+        box_jitter: random shift / scale of region box prompts, as a fraction of their side
+            (proposals are never exact; 0 for evaluation).
+        max_regions: most region rows per ``densecap`` image.
+        seed: seed of the encoding randomness (point prompts, box jitter).
+    """
+
+    def __init__(self, samples: list[Sample], task: str, tokenizer: Any,
+                 transform: SampleTransform, max_text_length: int = 48,
+                 alignment: str = "text", point_prompt_prob: float = 0.0,
+                 box_jitter: float = 0.0, max_regions: int = 8, seed: int = 0) -> None:
+        self.samples, self.task, self.tokenizer = samples, task, tokenizer
+        self.transform = transform
+        self.max_text_length, self.alignment = max_text_length, alignment
+        self.point_prompt_prob, self.box_jitter = point_prompt_prob, box_jitter
+        self.max_regions, self.seed = max_regions, seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Example:
+        sample = self.samples[index]
+        ts = self.transform(sample)
+        # Seeded through torch's RNG, which Lightning seeds per process and worker.
+        rng = np.random.default_rng([self.seed, int(torch.randint(0, 2**31, ()))])
+        meta = {"task": self.task, "image_id": sample.image_id, "ann_id": sample.ann_id,
+                "frame": dataclasses.asdict(ts.frame), "source": sample.source, "image_path": sample.image_path}
+        row = lambda task, text, **kw: make_row(self.tokenizer, task, text,  # noqa: E731
+                                                max_length=self.max_text_length, **kw)
+        if self.task == "caption":
+            return Example(ts.image, [row("caption", ts.text)], meta=meta)
+        if self.task == "trace":
+            aligned = align_caption(ts.utterances, ts.utterance_boxes, self.tokenizer,
+                                    points=ts.utterance_points, caption=ts.text,
+                                    method=self.alignment)
+            return Example(ts.image, [row("trace", ts.text, target_ids=aligned.input_ids,
+                                          token_boxes=aligned.boxes)], meta=meta)
+        boxes = ts.boxes[ts.box_valid]
+        texts = [t for t, ok in zip(ts.box_texts, ts.box_valid) if ok]
+        if self.task == "refer":
+            return Example(ts.image, [row("refer", ts.text, box=boxes[0])], meta=meta)
+        if self.task == "loca_caption":
+            return Example(ts.image, [self._region_row(row, ts.text, boxes[0], rng)], meta=meta)
+        # densecap: the proposal head learns all boxes; a few regions are captioned
+        order = rng.permutation(len(boxes))[: self.max_regions]
+        rows = [self._region_row(row, texts[i], boxes[i], rng) for i in order]
+        return Example(ts.image, rows, gt_boxes=boxes, meta=meta)
+
+    def _region_row(self, row: Any, text: str, box: np.ndarray, rng: np.random.Generator) -> Any:
+        """A ``loca_caption`` row: box prompt (jittered) or clicked points inside the box."""
+        if self.point_prompt_prob and rng.random() < self.point_prompt_prob:
+            n = int(rng.integers(1, 3))
+            # clicks in the central half of the box land on the object for compact shapes
+            cx, cy, w, h = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0], box[3] - box[1]
+            pts = np.stack([cx + rng.uniform(-0.25, 0.25, n) * w,
+                            cy + rng.uniform(-0.25, 0.25, n) * h], 1).astype(np.float32)
+            return row("loca_caption", text, box=box, points=pts,
+                       point_labels=np.ones(n, np.int64))
+        prompt = box
+        if self.box_jitter:
+            w, h = box[2] - box[0], box[3] - box[1]
+            d = rng.uniform(-self.box_jitter, self.box_jitter, 4) * np.array([w, h, w, h])
+            prompt = np.clip(box + d, 0, 1).astype(np.float32)
+            if prompt[2] <= prompt[0] or prompt[3] <= prompt[1]:
+                prompt = box
+        r = row("loca_caption", text, box=box)
+        r.box = prompt  # the (jittered) prompt; the targets stay on the true box
+        return r
+
+
+class MixtureDataset(Dataset):
+    """Concatenation of task datasets; the sampler decides the mixture."""
+
+    def __init__(self, parts: list[TaskDataset]) -> None:
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> Example:
+        part = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return self.parts[part][index - int(self.offsets[part])]
+
+
+class TaskBatchSampler(Sampler[list[int]]):
+    """Batches of one task each: draw a source by weight, then ``batch_size`` of its records."""
+
+    def __init__(self, offsets: np.ndarray, weights: list[float], batch_size: int,
+                 num_batches: int, seed: int) -> None:
+        self.offsets, self.batch_size, self.num_batches = offsets, batch_size, num_batches
+        w = np.asarray(weights, np.float64)
+        self.probs = w / w.sum()
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        for _ in range(self.num_batches):
+            part = int(rng.choice(len(self.probs), p=self.probs))
+            lo, hi = int(self.offsets[part]), int(self.offsets[part + 1])
+            yield (lo + rng.integers(0, hi - lo, self.batch_size)).tolist()
+
+
+class PixelDataModule(L.LightningDataModule):
+    """Training and validation data of a stage.
+
+    Args:
+        train: training sources (task, annotation file, images folder, weight).
+        val: validation sources (read in order, no augmentation).
+        tokenizer: the LM tokenizer (``"shapes"``, hub id or directory); must match the model.
+        image_size: the model's input side S.
+        batch_size: examples per batch (a ``densecap`` example holds several region rows).
+        samples_per_epoch: examples drawn per training epoch (with replacement).
+        num_workers: DataLoader worker processes.
+        batch_by_task: one task per batch instead of mixed batches.
+        hflip_prob: horizontal flip probability (swaps "left"/"right" in the text).
+        scale_jitter: content scale range ``[lo, hi]``; null for none.
+        alignment: trace-to-token method (see :class:`TaskDataset`).
+        max_text_length: longest target in tokens.
+        point_prompt_prob: share of region rows prompted with clicks instead of a box.
+        box_jitter: region box prompt jitter (fraction of the side).
+        max_regions: region rows per dense-captioning image.
+        val_limit: at most this many samples per validation source.
+        seed: sampler / augmentation seed.
+    """
+
+    def __init__(self, train: list[SourceConfig], val: list[SourceConfig] | None = None,
+                 tokenizer: str = "shapes", image_size: int = 64, batch_size: int = 32,
+                 samples_per_epoch: int = 4096, num_workers: int = 0, batch_by_task: bool = False,
+                 hflip_prob: float = 0.5, scale_jitter: list[float] | None = None,
+                 alignment: str = "text", max_text_length: int = 48,
+                 point_prompt_prob: float = 0.2, box_jitter: float = 0.1, max_regions: int = 6,
+                 val_limit: int | None = 256, seed: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in train]
+        self.val_sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in val or []]
+        if not self.train_sources:
+            raise ValueError("PixelDataModule.train needs at least one source")
+        self.tokenizer = load_tokenizer(tokenizer)
+        self.train_set: MixtureDataset | None = None
+        self.val_sets: list[TaskDataset] = []
+
+    def _dataset(self, src: SourceConfig, train: bool) -> TaskDataset:
+        hp = self.hparams
+        samples = read_source(src) if train else read_source(
+            SourceConfig(**{**src.__dict__, "limit": src.limit or hp.val_limit}))
+        if not samples:
+            raise ValueError(f"source {src.ann} ({src.task}) has no usable samples")
+        transform = (TrainTransform(hp.image_size, hflip_prob=hp.hflip_prob,
+                                    scale_jitter=tuple(hp.scale_jitter) if hp.scale_jitter else None,
+                                    seed=hp.seed)
+                     if train else SampleTransform(hp.image_size))
+        return TaskDataset(samples, src.task, self.tokenizer, transform,
+                           max_text_length=hp.max_text_length, alignment=hp.alignment,
+                           point_prompt_prob=hp.point_prompt_prob if train else 0.0,
+                           box_jitter=hp.box_jitter if train else 0.0,
+                           max_regions=hp.max_regions, seed=hp.seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None and stage in (None, "fit"):
+            self.train_set = MixtureDataset([self._dataset(s, True) for s in self.train_sources])
+        if not self.val_sets and self.val_sources:
+            self.val_sets = [self._dataset(s, False) for s in self.val_sources]
+
+    def _collate(self, examples: list[Example]) -> dict[str, Any]:
+        return collate(examples, pad_id=int(self.tokenizer.pad_token_id or 0))
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup('fit') first"
+        hp = self.hparams
+        weights = [s.weight for s in self.train_sources]
+        common = {"collate_fn": self._collate, "num_workers": hp.num_workers,
+                  "persistent_workers": hp.num_workers > 0}
+        if hp.batch_by_task:
+            sampler = TaskBatchSampler(self.train_set.offsets, weights, hp.batch_size,
+                                       math.ceil(hp.samples_per_epoch / hp.batch_size), hp.seed)
+            return DataLoader(self.train_set, batch_sampler=sampler, **common)
+        per_record = np.concatenate([np.full(len(p), w / len(p)) for p, w in
+                                     zip(self.train_set.parts, weights)])
+        gen = torch.Generator().manual_seed(hp.seed)
+        sampler = WeightedRandomSampler(torch.from_numpy(per_record), hp.samples_per_epoch,
+                                        replacement=True, generator=gen)
+        return DataLoader(self.train_set, batch_size=hp.batch_size, sampler=sampler,
+                          drop_last=True, **common)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=False,
+                           collate_fn=self._collate, num_workers=self.hparams.num_workers)
+                for ds in self.val_sets]
+
+    def val_tasks(self) -> list[str]:
+        """Task of each validation dataloader, in order."""
+        return [s.task for s in self.val_sources]
+
+
+def shapes_sources(root: str, split: str, tasks: list[str] | None = None,
+                   weights: dict[str, float] | None = None) -> list[SourceConfig]:
+    """Sources of a shapes world written by ``pixelkit synth --out root`` for one split."""
+    ann = f"{root}/annotations"
+    images = f"{root}/images/{split}"
+    files = {"caption": f"{ann}/captions_{split}.json",
+             "trace": f"{ann}/localized_narratives_{split}.jsonl",
+             "refer": f"{ann}/finetune_refcoco_{split}.json",
+             "loca_caption": f"{ann}/vg_{split}.json",
+             "densecap": f"{ann}/vg_{split}.json"}
+    weights = weights or {}
+    return [SourceConfig(task=t, ann=files[t], images=images, weight=weights.get(t, 1.0))
+            for t in (tasks or list(files))]

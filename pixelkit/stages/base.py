@@ -1,0 +1,226 @@
+"""The shared LightningModule of every stage.
+
+A stage is *data + trainable patterns + losses + starting checkpoint* (DESIGN.md section 2):
+the subclasses in :mod:`pixelkit.stages` only change class-level defaults, never the loop.
+
+* model: a :class:`PixelLLM` from a preset plus nested overrides (``model:`` in YAML);
+* ``init_from``: the previous stage's checkpoint (Lightning or slim), loaded strictly;
+* ``trainable`` / ``frozen``: ``fnmatch`` patterns over parameter names;
+* losses: text always; per-token points where the batch has targets (weight
+  ``point_weight``); the proposal head where the batch has ``gt_boxes`` and
+  ``train_proposals`` is on. ``proposal_prompt_prob`` swaps region prompts for the
+  current proposals that match them (IoU >= 0.5), as the paper trains dense captioning.
+
+Validation logs the losses and teacher-forced task metrics per task (P@0.5 of the box at
+the EOS-emitting position, trace L1, token accuracy), which is what a researcher watches
+while training; the generation-based metrics run in ``pixelkit eval`` / the quickstart.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torchvision.ops import box_iou
+
+from pixelkit.checkpoint import META_KEY, checkpoint_meta, read_checkpoint
+from pixelkit.config import PixelLLMConfig
+from pixelkit.data.encoding import IGNORE_INDEX, MODEL_KEYS, TASK_IDS
+from pixelkit.modeling.pixel_llm import PixelLLM
+from pixelkit.modeling.trainable import format_summary, parameter_summary, set_trainable
+
+_TASK_NAMES = {v: k for k, v in TASK_IDS.items()}
+
+
+def _flatten(overrides: dict[str, Any] | None, prefix: str = "") -> dict[str, Any]:
+    """{"extractor": {"depth": 4}} -> {"extractor.depth": 4} (lists / leaf dicts kept)."""
+    flat: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key not in ("kwargs", "arch", "lora"):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class PixelLLMStage(L.LightningModule):
+    """One PixelLLM training stage.
+
+    Args:
+        preset: model preset (``tiny``, ``base``, ``paper``).
+        model: nested overrides of the preset's config, e.g. ``{"extractor": {"depth": 4}}``.
+        init_from: checkpoint of the previous stage to start from (null: the preset's weights).
+        trainable: parameter-name patterns to train, all others frozen (null: what the model
+            config leaves trainable).
+        frozen: patterns to freeze on top (wins over ``trainable``; null: the stage's default,
+            e.g. the heads a stage does not train yet).
+        lr: peak learning rate (AdamW).
+        head_lr: learning rate of the point and proposal heads (null: ``lr``); new heads
+            can learn faster than the pretrained trunk.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up, then cosine decay to 10% over the run.
+        point_weight: weight of the per-token point L1 (null: the model config's).
+        train_proposals: train the proposal head on batches with ground-truth boxes.
+        proposal_prompt_prob: share of region prompts replaced by matched proposals.
+    """
+
+    #: Stage name written into checkpoints.
+    stage_name = "custom"
+    #: Patterns frozen by default in this stage (on top of the model config's own frozen
+    #: parts, e.g. a frozen backbone or base LM, which stay frozen).
+    default_frozen: list[str] = []
+    default_train_proposals = False
+
+    def __init__(self, preset: str = "tiny", model: dict[str, Any] | None = None,
+                 init_from: str | None = None, trainable: list[str] | None = None,
+                 frozen: list[str] | None = None, lr: float = 1e-3, head_lr: float | None = None,
+                 weight_decay: float = 0.01, warmup_steps: int = 50,
+                 point_weight: float | None = None, train_proposals: bool | None = None,
+                 proposal_prompt_prob: float = 0.0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        overrides = _flatten(model)
+        if point_weight is not None:
+            overrides["loss.point_weight"] = point_weight
+        self.config = PixelLLMConfig.from_name(preset, **overrides)
+        self.model = PixelLLM(self.config)
+        if init_from:
+            self.load_weights(init_from)
+        set_trainable(self.model, trainable, frozen if frozen is not None else self.default_frozen)
+        self.train_proposals = (self.default_train_proposals if train_proposals is None
+                                else train_proposals)
+        self.val_task_names: list[str] = []
+
+    @property
+    def image_size(self) -> int:
+        """The model's input side (linked into the data module by the CLI)."""
+        return self.config.image_size
+
+    @property
+    def tokenizer_name(self) -> str:
+        """The model's tokenizer (linked into the data module by the CLI)."""
+        lm = self.config.language_model
+        return lm.tokenizer or lm.name
+
+    # ------------------------------------------------------------------ weights
+    def load_weights(self, path: str) -> None:
+        """Start from another stage's checkpoint: every shared weight is copied exactly."""
+        state = read_checkpoint(path)["state_dict"]
+        if any(k.startswith("model.") for k in state):
+            state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"init_from {path}: architecture differs from this stage's model "
+                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        sources = [f"{s.task}:{s.ann}" for s in getattr(dm, "train_sources", [])]
+        checkpoint[META_KEY] = checkpoint_meta(self.model, stage=self.stage_name,
+                                               trained_on=sources)
+
+    def on_fit_start(self) -> None:
+        if self.global_rank == 0:
+            print(f"[pixelkit] stage {self.stage_name}: parameters\n"
+                  f"{format_summary(parameter_summary(self.model))}")
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and getattr(dm.hparams, "image_size", None) not in (None, self.config.image_size):
+            raise ValueError(f"data.image_size={dm.hparams.image_size} but the model's "
+                             f"image_size is {self.config.image_size}")
+
+    # ------------------------------------------------------------------ steps
+    def _forward(self, batch: dict[str, Any], train: bool) -> Any:
+        kwargs = {k: batch[k] for k in MODEL_KEYS}
+        if not self.train_proposals:
+            kwargs["gt_boxes"] = None
+        features = self.model.encode_image(batch["images"])
+        if train and self.hparams.proposal_prompt_prob > 0 and batch["gt_boxes"] is not None:
+            kwargs["boxes"] = self._proposal_prompts(features, batch)
+        return self.model(features=features, **kwargs)
+
+    @torch.no_grad()
+    def _proposal_prompts(self, features: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """Replace some region box prompts with the current proposal that matches them."""
+        boxes = batch["boxes"].clone()
+        proposals = self.model.propose(features.detach(), score_threshold=0.0)
+        for r in torch.nonzero(torch.isfinite(boxes).all(-1)).flatten().tolist():
+            if torch.rand(()) >= self.hparams.proposal_prompt_prob:
+                continue
+            props = proposals[int(batch["image_index"][r])]["boxes"]
+            if len(props):
+                iou = box_iou(boxes[r : r + 1], props)[0]
+                best = int(iou.argmax())
+                if iou[best] >= 0.5:
+                    boxes[r] = props[best]
+        return boxes
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self._forward(batch, train=True)
+        bs = len(batch["labels"])
+        for name, value in out.losses.items():
+            self.log(f"train/{name}", value, batch_size=bs, prog_bar=name in ("text", "point"))
+        self.log("train/loss", out.loss, batch_size=bs, prog_bar=True)
+        return out.loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int,
+                        dataloader_idx: int = 0) -> None:
+        out = self._forward(batch, train=False)
+        task, labels = batch["task"], batch["labels"]
+        valid = labels != IGNORE_INDEX
+        dm = getattr(self.trainer, "datamodule", None)
+        loader = dm.val_tasks()[dataloader_idx] if hasattr(dm, "val_tasks") else str(dataloader_idx)
+        log = lambda name, value, n: self.log(name, value, batch_size=n,  # noqa: E731
+                                             add_dataloader_idx=False, sync_dist=True)
+        # Losses per validation set (one task each); val/loss is their mean (epoch end).
+        log(f"val/{loader}/loss", out.loss, len(labels))
+        for name, value in out.losses.items():
+            log(f"val/{loader}/{name}_loss", value, len(labels))
+        correct = (out.logits.argmax(-1) == labels) & valid
+        for tid in task.unique().tolist():
+            name, rows = _TASK_NAMES[tid], task == tid
+            log(f"val/{name}/token_acc", correct[rows].sum() / valid[rows].sum(), int(rows.sum()))
+            if name == "refer":
+                # box = point head at the position whose label is EOS (last valid position)
+                r_idx = torch.nonzero(rows).flatten()
+                last = valid[r_idx].sum(1) - 1
+                pred = out.points[r_idx, last]
+                gt = batch["point_targets"][r_idx, last]
+                hit = box_iou(pred, gt).diagonal() > 0.5
+                log("val/refer/p_at_0.5", hit.float().mean(), len(r_idx))
+            if name == "trace":
+                m = batch["point_mask"][rows].bool()
+                l1 = (out.points[rows][m] - batch["point_targets"][rows][m]).abs().mean()
+                log("val/trace/l1", l1, int(m.sum()))
+
+    def on_validation_epoch_end(self) -> None:
+        losses = [v for k, v in self.trainer.callback_metrics.items()
+                  if k.startswith("val/") and k.endswith("/loss") and k.count("/") == 2]
+        if losses:
+            self.log("val/loss", torch.stack([torch.as_tensor(v) for v in losses]).mean(),
+                     sync_dist=True)
+
+    # ------------------------------------------------------------------ optimiser
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        heads, rest = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (heads if name.startswith(("point_head.", "proposal_head.")) else rest).append(p)
+        groups = [{"params": rest, "lr": hp.lr}]
+        if heads:
+            groups.append({"params": heads, "lr": hp.head_lr or hp.lr})
+        opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=hp.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warm = min(hp.warmup_steps, total // 2)
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / max(warm, 1)
+            t = (step - warm) / max(total - warm, 1)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
