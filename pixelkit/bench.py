@@ -16,6 +16,11 @@ Benches:
         (byte-level BPE) fast tokenizer built in memory, on shapes-world narratives and on the
         real fixture record; also how often the official relative-position mapping gives a
         token another utterance than the exact text mapping.
+    model: the tiny preset on one core (:func:`model_bench`): greedy decoding with vs
+        without the key/value cache (``decode_cache_speedup``), with vs without the point
+        head (``point_head_decode_overhead``), 32 box prompts in one batched call vs 32
+        calls (``batched_prompts_speedup``), and a trace training step vs a caption-only one
+        (``trace_train_step_overhead``); speed-ups as x, overheads as fractions.
 """
 
 from __future__ import annotations
@@ -457,3 +462,164 @@ def bench_data(args: argparse.Namespace) -> dict[str, float]:
         for key, val in cmp.items():
             out[f"{tok_name}_{key}"] = val
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# model bench
+# --------------------------------------------------------------------------------------------
+
+
+def interleaved_times(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
+    """CPU seconds of each function per round, timed in interleaved rounds.
+
+    Every round runs each function once (A B, then B A, alternating the order so neither
+    always runs first), after one warm-up call each. Interleaving puts the variants of a
+    round under the same machine load; :func:`paired_ratio` then compares them round by
+    round, so a round that another process disturbed moves both sides.
+
+    Args:
+        fns: name -> a call to time.
+        reps: rounds.
+
+    Returns:
+        name -> process CPU seconds of each round's call.
+    """
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns)
+    for r in range(reps):
+        for name in order if r % 2 == 0 else order[::-1]:
+            t0 = time.process_time()
+            fns[name]()
+            times[name].append(time.process_time() - t0)
+    return times
+
+
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """Median over rounds of ``a[i] / b[i]`` (robust to rounds disturbed as a whole)."""
+    return float(np.median(np.asarray(a) / np.asarray(b)))
+
+
+def _ms(times: list[float]) -> float:
+    return 1e3 * float(np.median(times))
+
+
+def model_bench(reps: int = 21, tokens: int = 32, prompts: int = 32, train_batch: int = 8,
+                seed: int = 0) -> dict[str, float]:
+    """Decoding, batched prompts and training-step timings of the tiny preset on one core.
+
+    Figures (median CPU ms per call, timed in rounds interleaved with their baseline) and
+    their ratios (median of the per-round ratios, :func:`paired_ratio`):
+
+    * ``decode_cache_speedup``: greedy decoding of exactly ``tokens`` tokens (EOS
+      forbidden until then) of one prompt, without / with the key/value cache;
+      ``decode_cache_speedup_batch`` the same for ``prompts`` prompts at once.
+    * ``point_head_decode_overhead``: the same cached decode with / without the point head,
+      minus 1 (the point head costs one MLP call and, for a row cut at the maximum length,
+      one more LM step so that its last token gets a location);
+      ``point_head_decode_overhead_batch`` for ``prompts`` prompts.
+    * ``batched_prompts_speedup``: ``prompts`` separate ``Predictor.caption(box=...)``
+      calls / one ``Predictor.caption_boxes`` call on the same boxes (one image encoding
+      either way; ``tokens`` tokens per caption).
+    * ``trace_train_step_overhead``: a training step (forward, backward, AdamW step) on
+      ``train_batch`` images with trace targets / the same step caption-only
+      (``return_points=False``, no point targets), minus 1.
+
+    Returns:
+        ``{metric: value}``: the four headline keys plus the ``*_ms`` timings.
+    """
+    import torch
+
+    from pixelkit.config import PixelLLMConfig
+    from pixelkit.data.encoding import make_row
+    from pixelkit.decoding import DecodeOptions, greedy_decode
+    from pixelkit.modeling.pixel_llm import PixelLLM
+    from pixelkit.predictor import Predictor
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = PixelLLM(PixelLLMConfig.from_name("tiny")).eval()
+    predictor = Predictor(model, device="cpu",
+                          decode_options=DecodeOptions(max_new_tokens=tokens, min_new_tokens=tokens))
+    predictor.set_image(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    out: dict[str, float] = {"reps": float(reps), "tokens": float(tokens),
+                             "prompts": float(prompts)}
+
+    # --- decoding: one prompt and a batch of prompts, whole-image trace prompts.
+    for suffix, n in (("", 1), ("_batch", prompts)):
+        rows = [make_row(predictor.tokenizer, "trace", "") for _ in range(n)]
+        batch, feats, _ = predictor.collate_rows([predictor.image] * n, rows)
+        with torch.no_grad():
+            visual = model.visual_tokens(feats[batch["image_index"]], batch["boxes"])
+            prefix, mask = model.prefix(visual, batch["prompt_ids"], batch["prompt_mask"])
+
+        def run(prefix=prefix, mask=mask, **kw: Any) -> Any:
+            return greedy_decode(model, prefix, mask, tokens, min_new_tokens=tokens, **kw)
+
+        t = interleaved_times({
+            "cached": run,
+            "uncached": lambda run=run: run(use_cache=False),
+            "no_points": lambda run=run: run(with_points=False),
+        }, reps)
+        out[f"decode_cached{suffix}_ms"] = _ms(t["cached"])
+        out[f"decode_uncached{suffix}_ms"] = _ms(t["uncached"])
+        out[f"decode_no_points{suffix}_ms"] = _ms(t["no_points"])
+        out[f"decode_cache_speedup{suffix}"] = paired_ratio(t["uncached"], t["cached"])
+        out[f"point_head_decode_overhead{suffix}"] = paired_ratio(t["cached"], t["no_points"]) - 1
+
+    # --- many box prompts: one batched call against one call per box.
+    W = H = 64
+    x0, y0 = rng.uniform(0, 40, (2, prompts))
+    side = rng.uniform(8, 24, prompts)
+    boxes = [(float(a), float(b), float(min(a + s, W)), float(min(b + s, H)))
+             for a, b, s in zip(x0, y0, side)]
+    t = interleaved_times({
+        "batched": lambda: predictor.caption_boxes(boxes),
+        "separate": lambda: [predictor.caption(box=b) for b in boxes],
+    }, max(2, reps // 3))  # a separate-calls round is `prompts` decodes: fewer rounds
+    out["prompts_batched_ms"] = _ms(t["batched"])
+    out["prompts_separate_ms"] = _ms(t["separate"])
+    out["batched_prompts_speedup"] = paired_ratio(t["separate"], t["batched"])
+
+    # --- training step: trace (caption CE + point L1) against caption-only.
+    model.train()
+    V = model.language_model.vocab_size
+    L = tokens
+    images = torch.rand(train_batch, 3, 64, 64)
+    labels = torch.randint(3, V, (train_batch, L))
+    labels[:, -1] = model.language_model.eos_id
+    targets = torch.rand(train_batch, L, 4)
+    point_mask = torch.ones(train_batch, L, dtype=torch.long)
+    point_mask[:, 0] = 0  # position 0's input is the start token: no location
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step(trace: bool) -> None:
+        opt.zero_grad(set_to_none=True)
+        if trace:
+            loss = model(images, labels=labels, point_targets=targets, point_mask=point_mask).loss
+        else:
+            loss = model(images, labels=labels, return_points=False).loss
+        loss.backward()
+        opt.step()
+
+    t = interleaved_times({"caption": lambda: step(False), "trace": lambda: step(True)}, reps)
+    model.eval()
+    out["train_caption_step_ms"] = _ms(t["caption"])
+    out["train_trace_step_ms"] = _ms(t["trace"])
+    out["trace_train_step_overhead"] = paired_ratio(t["trace"], t["caption"]) - 1
+    return out
+
+
+@register("model")
+def bench_model(args: argparse.Namespace) -> dict[str, float]:
+    """Decode cache, point-head and batched-prompt speed, trace training-step overhead.
+
+    Full: 21 interleaved rounds, 32 tokens, 32 prompts. ``--quick``: 2 rounds, 8 tokens,
+    4 prompts (a smoke run: the keys are written, the numbers mean little).
+    """
+    quick = bool(getattr(args, "quick", False))
+    with single_core():
+        if quick:
+            return model_bench(reps=2, tokens=8, prompts=4, train_batch=2)
+        return model_bench()

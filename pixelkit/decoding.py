@@ -14,7 +14,9 @@ So the location of generated token ``y_t`` is the point of step ``t + 1`` (the s
 has seen ``y_t``), and the step that emits EOS gives the location of the last word, which
 is also the referring box. A row that reaches ``max_new_tokens`` without EOS is fed its
 last token once more so that this token gets its location too (with ``with_points=False``
-that extra step is skipped). The point head never feeds back into the tokens.
+that extra step is skipped). The point head never feeds back into the tokens, so the
+decoding states are kept (per beam, reordered with the beams) and the point head runs once
+on all of them at the end: one batched MLP call instead of one small call per step.
 
 **Uncached decoding** (``use_cache=False``) recomputes the whole sequence at every step
 with the teacher-forced :meth:`LanguageModel.forward` and reads its last position: the
@@ -203,20 +205,18 @@ def greedy_decode(model: PixelLLM, prefix: torch.Tensor, prefix_mask: torch.Tens
     lm = model.language_model
     B, T, device = prefix.shape[0], max_new_tokens, prefix.device
     tokens = torch.full((B, T), lm.pad_id, dtype=torch.long, device=device)
-    points = torch.zeros(B, T, 4, device=device) if with_points else None
-    eos_points = torch.zeros(B, 4, device=device) if with_points else None
     lengths = torch.full((B,), T, dtype=torch.long, device=device)
     scores = torch.zeros(B, device=device)
     rows = torch.arange(B, device=device)  # original row of each still-decoding slot
     stepper = _stepper(model, prefix, prefix_mask, use_cache)
     logits, hidden = stepper.start()
+    # The state after t generated tokens (the one emitting token t) of the live rows, kept
+    # for one point-head call at the end.
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     for t in range(T + 1):
-        p = model.point_head(hidden) if with_points else None  # (A, 4)
-        if p is not None and t > 0:
-            points[rows, t - 1] = p  # this state's input is token t-1: its location
+        if with_points:
+            kept.append((rows, hidden))
         if t == T:
-            if p is not None:  # no EOS within max length: the last token's point stands in
-                eos_points[rows] = p
             break
         logp = _log_probs(logits, lm.eos_id, allow_eos=t >= min_new_tokens)
         best, nxt = logp.max(dim=-1)
@@ -224,10 +224,7 @@ def greedy_decode(model: PixelLLM, prefix: torch.Tensor, prefix_mask: torch.Tens
         is_eos = nxt == lm.eos_id
         tokens[rows, t] = torch.where(is_eos, lm.pad_id, nxt)
         if is_eos.any():
-            ended = rows[is_eos]
-            lengths[ended] = t
-            if p is not None:
-                eos_points[ended] = p[is_eos]
+            lengths[rows[is_eos]] = t
             keep = (~is_eos).nonzero()[:, 0]
             if keep.numel() == 0:
                 break
@@ -237,7 +234,44 @@ def greedy_decode(model: PixelLLM, prefix: torch.Tensor, prefix_mask: torch.Tens
         if t == T - 1 and not with_points:
             break  # the extra step only gives the last token its location
         logits, hidden = stepper.step(nxt)
+    states = None
+    if with_points:
+        if all(len(r) == B for r, _ in kept):  # no row ended early: one stack
+            states = torch.stack([h for _, h in kept], dim=1)
+        else:
+            states = hidden.new_zeros(B, len(kept), hidden.shape[-1])
+            for t, (r, h) in enumerate(kept):
+                states[r, t] = h
+    points, eos_points = _points(model, states, lengths, T)
     return Generation(tokens, lengths, points, eos_points, scores)
+
+
+def _points(model: PixelLLM, states: torch.Tensor | None, lengths: torch.Tensor,
+            max_new_tokens: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """One point-head call over all decoding states.
+
+    Args:
+        states: (B, S, D) with S <= max_new_tokens + 1: ``states[:, t]`` is the state whose
+            input is token t - 1 (t = 0: the start token); or None (no points wanted).
+        lengths: (B,) generated tokens per row (< S).
+        max_new_tokens: T, the width of the returned points.
+
+    Returns:
+        points (B, T, 4): ``points[:, t]`` from ``states[:, t + 1]``, zero from ``lengths``
+        on; eos_points (B, 4): from ``states[:, lengths]``, the state that emitted EOS (for a
+        row cut at the maximum length, the state after its last token).
+    """
+    if states is None:
+        return None, None
+    B, S = states.shape[:2]
+    # The point head never feeds back into decoding, so running it once on all states is
+    # exact, and much cheaper than one small call per step.
+    p = model.point_head(states)                                                # (B, S, 4)
+    points = p.new_zeros(B, max_new_tokens, 4)
+    valid = torch.arange(S - 1, device=p.device)[None] < lengths[:, None]
+    points[:, : S - 1] = p[:, 1:] * valid[..., None]
+    eos_points = p[torch.arange(B, device=p.device), lengths]
+    return points, eos_points
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,13 +281,12 @@ def greedy_decode(model: PixelLLM, prefix: torch.Tensor, prefix_mask: torch.Tens
 
 @dataclass
 class _Hypothesis:
-    """A finished beam: its tokens (n,), points (n, 4) and EOS point, and its scores."""
+    """A finished beam: its tokens (n,), its states (n + 1, D) for the point head, scores."""
 
     score: float          # length-normalised, for ranking
     logprob: float        # sum of token log-probabilities
     tokens: torch.Tensor
-    points: torch.Tensor | None
-    eos_point: torch.Tensor | None
+    states: torch.Tensor | None
 
 
 @torch.no_grad()
@@ -299,35 +332,33 @@ def beam_search(model: PixelLLM, prefix: torch.Tensor, prefix_mask: torch.Tensor
     beam_scores = torch.zeros(B, K, device=device)
     beam_scores[:, 1:] = float("-inf")  # K identical beams at first: let only one expand
     seqs = torch.zeros(B * K, 0, dtype=torch.long, device=device)
-    pts = torch.zeros(B * K, 0, 4, device=device)
+    # Each beam's decoding states (the point head runs once at the end, on the winners);
+    # reordered with the beams, so every beam keeps its own points.
+    states = hidden.new_zeros(B * K, 0, hidden.shape[-1]) if with_points else None
     finished: list[list[_Hypothesis]] = [[] for _ in range(B)]
     done = [False] * B
 
-    def close(b: int, slot: int, logprob: float, n: int, p: torch.Tensor | None,
-              with_eos: bool) -> None:
+    def close(b: int, slot: int, logprob: float, n: int, with_eos: bool) -> None:
         length = n + int(with_eos)
         norm = logprob / (max(length, 1) ** length_penalty)
         hyps = finished[b]
         if len(hyps) == K and norm <= hyps[-1].score:
             return
-        hyps.append(_Hypothesis(
-            norm, logprob, seqs[slot].clone(),
-            pts[slot].clone() if with_points else None,
-            p[slot].clone() if p is not None else None))
+        hyps.append(_Hypothesis(norm, logprob, seqs[slot].clone(),
+                                states[slot].clone() if states is not None else None))
         hyps.sort(key=lambda h: -h.score)  # best first; keep the best K
         del hyps[K:]
 
     for t in range(T + 1):
-        p = model.point_head(hidden) if with_points else None  # (B*K, 4)
-        if p is not None and t > 0:
-            pts = torch.cat([pts, p[:, None]], dim=1)  # location of each beam's token t-1
+        if states is not None:  # the state whose input is each beam's token t-1
+            states = torch.cat([states, hidden[:, None]], dim=1)
         if t == T:
             flat = beam_scores.view(-1).tolist()
             for b in range(B):
                 if not done[b]:
                     for k in range(K):
                         if flat[b * K + k] > float("-inf"):
-                            close(b, b * K + k, flat[b * K + k], T, p, with_eos=False)
+                            close(b, b * K + k, flat[b * K + k], T, with_eos=False)
             break
         logp = _log_probs(logits, lm.eos_id, allow_eos=t >= min_new_tokens)
         V = logp.shape[-1]
@@ -346,7 +377,7 @@ def beam_search(model: PixelLLM, prefix: torch.Tensor, prefix_mask: torch.Tensor
                     slot = b * K + k
                     if tok == lm.eos_id:
                         if j < K:  # as transformers: only an EOS among the best K counts
-                            close(b, slot, s, t, p, with_eos=True)
+                            close(b, slot, s, t, with_eos=True)
                         continue
                     next_slot.append(slot)
                     next_tok.append(tok)
@@ -372,13 +403,13 @@ def beam_search(model: PixelLLM, prefix: torch.Tensor, prefix_mask: torch.Tensor
         index = torch.tensor(next_slot, device=device)
         stepper.reorder(index)
         seqs = torch.cat([seqs[index], torch.tensor(next_tok, device=device)[:, None]], dim=1)
-        pts = pts[index]
+        if states is not None:
+            states = states[index]
         beam_scores = torch.tensor(next_score, device=device).view(B, K)
         logits, hidden = stepper.step(seqs[:, -1])
 
     tokens = torch.full((B, T), lm.pad_id, dtype=torch.long, device=device)
-    points = torch.zeros(B, T, 4, device=device) if with_points else None
-    eos_points = torch.zeros(B, 4, device=device) if with_points else None
+    best_states = hidden.new_zeros(B, T + 1, hidden.shape[-1]) if with_points else None
     lengths = torch.zeros(B, dtype=torch.long, device=device)
     scores = torch.zeros(B, device=device)
     for b, hyps in enumerate(finished):
@@ -386,9 +417,9 @@ def beam_search(model: PixelLLM, prefix: torch.Tensor, prefix_mask: torch.Tensor
         n = len(best.tokens)
         tokens[b, :n] = best.tokens
         lengths[b], scores[b] = n, best.logprob
-        if with_points:
-            points[b, :n] = best.points
-            eos_points[b] = best.eos_point
+        if best_states is not None:
+            best_states[b, : n + 1] = best.states
+    points, eos_points = _points(model, best_states, lengths, T)
     return Generation(tokens, lengths, points, eos_points, scores)
 
 

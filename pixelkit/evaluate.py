@@ -339,7 +339,7 @@ def predict_trace(predictor: Any, samples: Sequence[Sample], batch_size: int = 1
             rows.append(make_row(tok, "trace", ts.text, token_boxes=aligned.boxes,
                                  target_ids=aligned.input_ids,
                                  max_length=predictor.max_text_length))
-        out, batch = predictor.forward_rows(images, rows)
+        out, _ = predictor.forward_rows(images, rows)
         for r, (s, row) in enumerate(zip(chunk, rows)):
             n = len(row.labels) - 1  # text tokens; position p >= 1 locates token p - 1
             pred = point_head_boxes(out.points[r, 1:n + 1], s.image_size)

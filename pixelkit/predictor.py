@@ -57,7 +57,13 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from pixelkit.data.encoding import Example, Row, collate, make_row
-from pixelkit.data.transforms import ModelFrame, from_model_boxes, resize_pad, to_model_boxes, to_model_points
+from pixelkit.data.transforms import (
+    ModelFrame,
+    from_model_boxes,
+    resize_pad,
+    to_model_boxes,
+    to_model_points,
+)
 from pixelkit.decoding import DecodeOptions, Generation, decode
 from pixelkit.modeling.pixel_llm import PixelLLM, PixelLLMOutput
 

@@ -140,7 +140,7 @@ def test_forced_length_and_no_points(fitted) -> None:
     model, prefix, mask = fitted
     forced = greedy_decode(model, prefix, mask, 6, min_new_tokens=6)
     assert forced.lengths.tolist() == [6] * len(prefix)
-    assert (forced.tokens != model.language_model.pad_id).all()
+    assert (forced.tokens != model.language_model.eos_id).all()
     torch.testing.assert_close(forced.eos_points, forced.points[:, -1])  # no EOS: last token
     bare = greedy_decode(model, prefix, mask, 6, with_points=False, min_new_tokens=6)
     assert torch.equal(bare.tokens, forced.tokens) and bare.points is None

@@ -76,7 +76,7 @@ def _run(world: dict[str, Path], task: str, *extra: str) -> tuple[dict, list[dic
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     lt, rb = np.maximum(a[:, :2], b[:, :2]), np.minimum(a[:, 2:], b[:, 2:])
     inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
     union = area(a) + area(b) - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
@@ -84,8 +84,8 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _in_image(boxes, size) -> bool:
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     W, H = size
-    return bool(((b >= 0).all() and (b[:, [0, 2]] <= W).all() and (b[:, [1, 3]] <= H).all()
-                 and (b[:, 2] >= b[:, 0]).all() and (b[:, 3] >= b[:, 1]).all()))
+    return bool((b >= 0).all() and (b[:, [0, 2]] <= W).all() and (b[:, [1, 3]] <= H).all()
+                 and (b[:, 2] >= b[:, 0]).all() and (b[:, 3] >= b[:, 1]).all())
 
 
 def test_refer(world) -> None:
@@ -127,7 +127,7 @@ def test_caption_groups_references_by_image(world) -> None:
 
 
 def test_densecap(world, monkeypatch) -> None:
-    import pixelkit.eval.densecap as densecap
+    from pixelkit.eval import densecap
 
     monkeypatch.setattr(densecap, "meteor_scores", _stub_meteor)  # no JVM in this test
     metrics, preds = _run(world, "densecap", "--score-threshold", "0", "--max-regions", "2")

@@ -183,7 +183,7 @@ def test_refer_score_is_the_geometric_mean_probability(model, predictor) -> None
     from pixelkit.data.encoding import make_row
 
     row = make_row(predictor.tokenizer, "refer", "the red circle")
-    out, batch = predictor.forward_rows([predictor.image], [row])
+    out, _ = predictor.forward_rows([predictor.image], [row])
     logp = torch.log_softmax(out.logits[0], -1)[torch.arange(len(row.labels)), row.labels]
     assert ref.score == pytest.approx(float(logp.mean().exp()), rel=1e-5)
 

@@ -1,0 +1,35 @@
+"""``pixelkit bench --only model --quick`` runs and writes its figures (timings are never
+asserted: DESIGN.md section 7)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from pixelkit.bench import BENCHES, paired_ratio
+from pixelkit.cli import main
+
+HEADLINES = ("decode_cache_speedup", "batched_prompts_speedup", "point_head_decode_overhead",
+             "trace_train_step_overhead")
+
+
+def test_model_bench_quick_writes_the_four_figures(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--only", "model", "--quick", "--out", str(out)]) == 0
+    assert torch.get_num_threads() == threads  # single_core() restored the settings
+    results = json.loads(out.read_text())["results"]["model"]
+    for key in HEADLINES:
+        assert isinstance(results[key], float) and math.isfinite(results[key]), key
+    for key in ("decode_cached_ms", "decode_uncached_ms", "prompts_batched_ms",
+                "prompts_separate_ms", "train_caption_step_ms", "train_trace_step_ms"):
+        assert results[key] > 0, key
+    assert "model" in BENCHES and "data" in BENCHES
+
+
+def test_paired_ratio_is_per_round() -> None:
+    # Round 2 was disturbed for both sides: the per-round ratio ignores it.
+    assert paired_ratio([2.0, 2.0, 20.0], [1.0, 1.0, 10.0]) == 2.0
