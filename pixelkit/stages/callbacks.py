@@ -1,0 +1,78 @@
+"""Callbacks of the stages: pictures of the model's predictions at every validation.
+
+:class:`PredictionImages` draws, for a few fixed validation images, the generated narrative
+with its per-word trace, the referring boxes and the dense captions, with the same
+:class:`~pixelkit.predictor.Predictor` and :mod:`pixelkit.viz` the demo uses. It logs them as
+``wandb.Image`` through :class:`WandbLogger` (``log_image``) and always writes the PNGs next
+to the run's logs, so a CSV-only run has them too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from pixelkit.viz import draw_boxes, draw_trace, side_by_side
+
+
+class PredictionImages(L.Callback):
+    """Log predictions on ``num_images`` validation images after each validation.
+
+    Args:
+        num_images: how many validation images (the first ones of the first val source).
+        dense: also draw dense captions (when the model has a proposal head).
+    """
+
+    def __init__(self, num_images: int = 4, dense: bool = True) -> None:
+        self.num_images = num_images
+        self.dense = dense
+
+    def _images(self, trainer: L.Trainer) -> list[Any]:
+        dm = trainer.datamodule
+        seen, paths = set(), []
+        for ds in getattr(dm, "val_sets", []):
+            for s in ds.samples:
+                if s.image_path not in seen:
+                    seen.add(s.image_path)
+                    paths.append(s)
+                if len(paths) >= self.num_images:
+                    return paths
+        return paths
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.sanity_checking or trainer.global_rank != 0:
+            return
+        from pixelkit.predictor import Predictor
+
+        samples = self._images(trainer)
+        if not samples:
+            return
+        predictor = Predictor(pl_module.model, trainer.datamodule.tokenizer, device=pl_module.device)
+        panels, captions = [], []
+        for s in samples:
+            predictor.set_image(s.image_path)
+            image = predictor.image.image
+            cap = predictor.caption()
+            row = [draw_trace(image, cap.words, cap.points, min_side=192)]
+            if s.task == "refer" and len(s.boxes):
+                ref = predictor.refer(s.text)
+                row.append(draw_boxes(image, [ref.box, s.boxes[0]], [s.text, "truth"],
+                                      colours=[(255, 60, 60), (60, 255, 60)], min_side=192))
+            if self.dense and pl_module.model.proposal_head is not None:
+                dc = predictor.dense_caption(max_regions=5, score_threshold=0.2)
+                row.append(draw_boxes(image, dc.boxes, dc.captions, dc.scores, min_side=192))
+            panels.append(side_by_side(row))
+            captions.append(cap.text)
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for i, panel in enumerate(panels):
+            panel.save(out_dir / f"step{trainer.global_step:06d}_{i}.png")
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):  # WandbLogger: wandb.Image per panel
+                logger.log_image(key="val/predictions", images=panels, caption=captions,
+                                 step=trainer.global_step)
+        pl_module.model.train(pl_module.training)
