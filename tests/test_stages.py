@@ -93,7 +93,7 @@ def test_resume_continues_step_and_optimizer(world, tmp_path) -> None:
     tr.fit(CaptionPretraining(), datamodule(world, ["caption"]))
     saved = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 3
-    state_before = saved["optimizers"][0]["state"]
+    state_before = saved["optimizer_states"][0]["state"]
     resumed = CaptionPretraining()
     tr2 = trainer(tmp_path, max_steps=5, limit_val_batches=0,
                   callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck",

@@ -233,9 +233,12 @@ class PixelDataModule(L.LightningDataModule):
                  point_prompt_prob: float = 0.2, box_jitter: float = 0.1, max_regions: int = 6,
                  val_limit: int | None = 256, seed: int = 0) -> None:
         super().__init__()
-        self.save_hyperparameters()
         self.train_sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in train]
         self.val_sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in val or []]
+        # Checkpoints hold plain values only (they are read with weights_only=True).
+        self.save_hyperparameters(ignore=["train", "val"])
+        self.hparams.update(train=[dataclasses.asdict(s) for s in self.train_sources],
+                            val=[dataclasses.asdict(s) for s in self.val_sources])
         if not self.train_sources:
             raise ValueError("PixelDataModule.train needs at least one source")
         self.tokenizer = load_tokenizer(tokenizer)
