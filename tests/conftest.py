@@ -15,7 +15,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tiny models run fastest on one thread, and one thread does not fight a second process
+# (the DDP test, a notebook kernel) on a 2-core machine.
+torch.set_num_threads(1)
 
 #: ../shared/fixtures/real next to the repository (CI puts ../shared beside the clone).
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "real"

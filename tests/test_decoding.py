@@ -18,15 +18,6 @@ LENGTHS = [2, 4, 5, 7]  # target tokens per image (EOS after them)
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models are fastest on one thread, and two threads fight the other process on a
-    # shared 2-core machine.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _fitted(family: str, arch: dict | None) -> tuple[PixelLLM, torch.Tensor, torch.Tensor]:
     """A tiny model fitted for 30 steps to ragged captions; its (prefix, mask) for 4 prompts

@@ -14,7 +14,7 @@ import torch
 from pixelkit import PixelLLM, PixelLLMConfig
 from pixelkit.config import BackboneConfig, ImageEncoderConfig, LanguageModelConfig
 from pixelkit.decoding import greedy_decode
-from pixelkit.modeling.image_encoder import ImageEncoder, build_backbone
+from pixelkit.modeling.image_encoder import ImageEncoder
 from pixelkit.modeling.language_model import LanguageModel
 from pixelkit.modeling.losses import centernet_focal, point_l1, text_loss
 from pixelkit.modeling.prompt_encoder import PAD, PromptEncoder, pack_prompts

@@ -26,13 +26,6 @@ from pixelkit.predictor import (
 SIZES = [(100, 40), (40, 100), (64, 64), (333, 517)]  # (W, H)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def model() -> PixelLLM:

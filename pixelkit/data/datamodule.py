@@ -30,7 +30,7 @@ from pixelkit.data.alignment import align_caption
 from pixelkit.data.encoding import Example, collate, make_row
 from pixelkit.data.formats import read_any
 from pixelkit.data.schema import Sample
-from pixelkit.data.transforms import SampleTransform, TrainTransform, TransformedSample
+from pixelkit.data.transforms import SampleTransform, TrainTransform
 from pixelkit.modeling.tokenizer import load_tokenizer
 
 #: Tasks a source can train; ``densecap`` trains the proposal head and captions its regions.
