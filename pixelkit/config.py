@@ -312,12 +312,16 @@ class LossConfig:
             are normalised to [0, 1] of the padded square, so an L1 of 0.1 is already
             10% of the image: the default 1.0 keeps the point gradient comparable to the
             text loss (measured in the quickstart report).
+        point_reduction: ``"token"`` (mean over all located positions of a batch) or
+            ``"row"`` (mean per prompt first; a 3-position referring box then counts as
+            much as a 25-word narrative), see :func:`pixelkit.modeling.losses.point_l1`.
         heatmap_weight, box_l1_weight, giou_weight: CenterNet proposal losses.
     """
 
     label_smoothing: float = 0.1
     text_weight: float = 1.0
     point_weight: float = 1.0
+    point_reduction: Literal["token", "row"] = "token"
     heatmap_weight: float = 1.0
     box_l1_weight: float = 1.0
     giou_weight: float = 1.0
@@ -325,6 +329,7 @@ class LossConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"LossConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check_choice("LossConfig", "point_reduction", self.point_reduction, ("token", "row"))
         for name in ("text_weight", "point_weight", "heatmap_weight", "box_l1_weight", "giou_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"LossConfig.{name} must be >= 0, got {getattr(self, name)}")

@@ -196,6 +196,15 @@ def test_point_head_range_and_losses() -> None:
     pred = torch.tensor([[[0.5, 0.5, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]]])
     tgt = torch.tensor([[[0.25, 0.5, 0.75, 0.5], [float("nan")] * 4]])
     assert point_l1(pred, tgt, torch.tensor([[1, 0]])).item() == pytest.approx(0.125)  # (.25+.25)/4
+    # "row": row 0 has one position with error 0.125, row 1 three positions with error 0.5
+    # -> token mean (0.125 + 3 * 0.5) / 4 = 0.40625, row mean (0.125 + 0.5) / 2 = 0.3125
+    pred2 = torch.cat([pred, torch.full((1, 2, 4), 0.5)], 0)
+    pred2 = torch.cat([pred2, torch.full((2, 2, 4), 0.5)], 1)          # (2, 4, 4)
+    tgt2 = torch.zeros(2, 4, 4)
+    tgt2[0, 0] = torch.tensor([0.25, 0.5, 0.75, 0.5])
+    mask2 = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0]])
+    assert point_l1(pred2, tgt2, mask2).item() == pytest.approx(0.40625)
+    assert point_l1(pred2, tgt2, mask2, "row").item() == pytest.approx(0.3125)
     heat = torch.full((1, 4, 4), -10.0)
     heat[0, 1, 1] = 10.0
     target = torch.zeros(1, 4, 4)

@@ -25,13 +25,18 @@ def text_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float
                            ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
 
 
-def point_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def point_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+             reduction: str = "token") -> torch.Tensor:
     """Mean absolute error over valid positions and the 4 coordinates.
 
     Args:
         pred: (B, L, 4) predicted points in [0, 1].
         target: (B, L, 4); may hold anything (NaN included) where ``mask`` is 0.
         mask: (B, L) 1 where the target is valid.
+        reduction: ``"token"``: mean over all valid positions of the batch, so a long
+            narrative (~25 located words) outweighs a referring box (~3 positions);
+            ``"row"``: mean per row first, then over rows with a target, so every prompt
+            counts once whatever its length.
 
     Returns:
         A scalar; 0 (with a gradient path) when nothing is valid.
@@ -39,7 +44,11 @@ def point_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> to
     valid = mask.bool()
     if not valid.any():
         return pred.sum() * 0.0
-    return (pred[valid].float() - target[valid].float()).abs().mean()
+    if reduction == "token":
+        return (pred[valid].float() - target[valid].float()).abs().mean()
+    err = (pred.float() - torch.nan_to_num(target.float())).abs().mean(-1) * valid  # (B, L)
+    rows = valid.any(1)
+    return (err.sum(1)[rows] / valid.sum(1)[rows]).mean()
 
 
 def centernet_focal(logits: torch.Tensor, target: torch.Tensor, num_pos: int | torch.Tensor,

@@ -171,7 +171,8 @@ class PixelLLM(nn.Module):
             out.losses["text"] = text_loss(out.logits, labels, w.label_smoothing)
             total.append(w.text_weight * out.losses["text"])
             if has_targets:
-                out.losses["point"] = point_l1(out.points, point_targets, point_mask)
+                out.losses["point"] = point_l1(out.points, point_targets, point_mask,
+                                               w.point_reduction)
                 total.append(w.point_weight * out.losses["point"])
         if gt_boxes is not None and self.proposal_head is not None:
             out.proposals = self.proposal_head(features)
