@@ -28,6 +28,7 @@ from torchvision.ops import box_iou
 from pixelkit.checkpoint import META_KEY, checkpoint_meta, read_checkpoint
 from pixelkit.config import PixelLLMConfig
 from pixelkit.data.encoding import IGNORE_INDEX, MODEL_KEYS, TASK_IDS
+from pixelkit.eval import refer_accuracy, trace_l1
 from pixelkit.modeling.pixel_llm import PixelLLM
 from pixelkit.modeling.trainable import format_summary, parameter_summary, set_trainable
 
@@ -183,16 +184,19 @@ class PixelLLMStage(L.LightningModule):
             name, rows = _TASK_NAMES[tid], task == tid
             log(f"val/{name}/token_acc", correct[rows].sum() / valid[rows].sum(), int(rows.sum()))
             if name == "refer":
-                # box = point head at the position whose label is EOS (last valid position)
+                # box = point head at the position whose label is EOS (last valid position),
+                # corners ordered as the Predictor does; P@0.5 from pixelkit.eval
                 r_idx = torch.nonzero(rows).flatten()
                 last = valid[r_idx].sum(1) - 1
-                pred = out.points[r_idx, last]
+                p = out.points[r_idx, last].detach().float()
+                pred = torch.cat([torch.minimum(p[:, :2], p[:, 2:]),
+                                  torch.maximum(p[:, :2], p[:, 2:])], 1)
                 gt = batch["point_targets"][r_idx, last]
-                hit = box_iou(pred, gt).diagonal() > 0.5
-                log("val/refer/p_at_0.5", hit.float().mean(), len(r_idx))
+                log("val/refer/p_at_0.5", refer_accuracy(pred.cpu(), gt.cpu()), len(r_idx))
             if name == "trace":
                 m = batch["point_mask"][rows].bool()
-                l1 = (out.points[rows][m] - batch["point_targets"][rows][m]).abs().mean()
+                l1 = trace_l1(out.points[rows].detach().float().cpu(),
+                              batch["point_targets"][rows].cpu(), m.cpu())
                 log("val/trace/l1", l1, int(m.sum()))
 
     def on_validation_epoch_end(self) -> None:
