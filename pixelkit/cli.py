@@ -75,17 +75,12 @@ _LIGHTNING_COMMANDS = {
 }
 
 
-class _LazyModule:
-    """Defers importing a subcommand's module until it runs (or its --help is asked)."""
-
-    def __init__(self, target: str | tuple[Callable, Callable]) -> None:
-        self.target = target
-
-    def _resolve(self) -> tuple[Callable, Callable]:
-        if isinstance(self.target, tuple):
-            return self.target
-        mod = importlib.import_module(self.target)
-        return mod.add_arguments, mod.run
+def _resolve(target: str | tuple[Callable, Callable]) -> tuple[Callable, Callable]:
+    """(add_arguments, run) of a subcommand, importing its module only now."""
+    if isinstance(target, tuple):
+        return target
+    mod = importlib.import_module(target)
+    return mod.add_arguments, mod.run
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
@@ -101,7 +96,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     for name, (help_text, target) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
-            add, run = _LazyModule(target)._resolve()
+            add, run = _resolve(target)
             add(p)
             p.set_defaults(_run=run)
     data = sub.add_parser("data", help="inspect annotation files", description="data tools")
@@ -109,7 +104,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     for name, (help_text, target) in _DATA_COMMANDS.items():
         p = data_sub.add_parser(name, help=help_text, description=help_text)
         if chosen == "data":
-            add, run = _LazyModule(target)._resolve()
+            add, run = _resolve(target)
             add(p)
             p.set_defaults(_run=run)
     return parser

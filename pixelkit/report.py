@@ -74,10 +74,7 @@ def evaluate_final(out: Path, last_ckpt: Path, stages: dict[str, Any],
 
     data = out / "data"
     model, meta = load_model(last_ckpt)
-    ckpt = save_model(model, out / "checkpoints" / "pixelllm.ckpt", stage="all (quickstart chain)",
-                      stages=list(stages), trained_on=meta.get("trained_on", []),
-                      world="pixelkit shapes world (64 px)")
-    predictor = Predictor.from_checkpoint(ckpt)
+    predictor = Predictor(model)
     ann, images = data / "annotations", data / "images" / "val"
     tasks = {"refer": ann / "finetune_refcoco_val.json", "loca-caption": ann / "vg_val.json",
              "caption": ann / "captions_val.json", "trace": ann / "localized_narratives_val.jsonl",
@@ -92,9 +89,10 @@ def evaluate_final(out: Path, last_ckpt: Path, stages: dict[str, Any],
             metrics[f"{key}.{name}"] = value
     pointing, _ = pointing_accuracy_on(predictor, data, limit=limit)
     metrics.update({f"trace.{k}": v for k, v in pointing.items()})
-    predictor.info.update(metrics=metrics)
-    save_model(model, ckpt, **{**predictor.info, "metrics": {
-        k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+    ckpt = save_model(model, out / "checkpoints" / "pixelllm.ckpt", stage="all (quickstart chain)",
+                      stages=list(stages), trained_on=meta.get("trained_on", []),
+                      world="pixelkit shapes world (64 px)",
+                      metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     return metrics, ckpt
 
 

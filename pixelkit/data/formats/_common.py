@@ -437,6 +437,16 @@ class ImageResolver:
             f"(tried {tried})"
         )
 
+    @classmethod
+    def from_option(cls, images_dir: str | os.PathLike[str] | None,
+                    image_pattern: str | Sequence[str] | None,
+                    defaults: Sequence[str]) -> ImageResolver:
+        """A resolver for a reader's ``image_pattern`` option (one pattern, several, or
+        None for the format's ``defaults``)."""
+        patterns = ([image_pattern] if isinstance(image_pattern, str)
+                    else list(image_pattern or defaults))
+        return cls(images_dir, patterns)
+
 
 def locate_image(
     resolver: ImageResolver,

@@ -185,12 +185,7 @@ def read_localized_narratives(
     if check_images and images_dir is None:
         raise ValueError("check_images=True needs images_dir")
     col = Collector(path, FORMAT, strict)
-    patterns = (
-        [image_pattern]
-        if isinstance(image_pattern, str)
-        else list(image_pattern or LN_IMAGE_PATTERNS)
-    )
-    resolver = ImageResolver(images_dir, patterns)
+    resolver = ImageResolver.from_option(images_dir, image_pattern, LN_IMAGE_PATTERNS)
     sizes = ImageSizes()
     samples: list[Sample] = []
     for lineno, record in iter_jsonl(path, col):

@@ -121,12 +121,7 @@ def vg_from_data(
     if check_images and images_dir is None:
         raise ValueError("check_images=True needs images_dir")
     col = Collector(path, FORMAT, strict)
-    patterns = (
-        [image_pattern]
-        if isinstance(image_pattern, str)
-        else list(image_pattern or VG_IMAGE_PATTERNS)
-    )
-    resolver = ImageResolver(images_dir, patterns)
+    resolver = ImageResolver.from_option(images_dir, image_pattern, VG_IMAGE_PATTERNS)
     sizes = ImageSizes()
     samples: list[Sample] = []
     for i, entry in enumerate(data):
