@@ -61,6 +61,8 @@ _COMMANDS: dict[str, tuple[str, str | tuple[Callable, Callable]]] = {
     "eval": ("metrics of a checkpoint on an annotation file (refer, captions, densecap, trace)",
              "pixelkit.evaluate"),
     "bench": ("speed benchmarks, reported as ratios measured in one run", "pixelkit.bench"),
+    "demo": ("the Gradio browser demo: per-word traces, region captions, refer, dense captions",
+             "pixelkit.demo"),
 }
 _DATA_COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("read an annotation file and report records, skipped and errors",

@@ -536,8 +536,24 @@ class Predictor:
                 "transformers.SamModel, a hub id such as 'facebook/sam-vit-huge', or a local "
                 "directory saved with SamModel.save_pretrained)")
         ref = self.refer(expression)
-        mask = _sam_mask(self.sam, self.image.image, np.asarray(ref.box, np.float64), self.device)
-        return SegmentResult(mask=mask, box=ref.box, score=ref.score)
+        return SegmentResult(mask=self.mask_from_box(ref.box), box=ref.box, score=ref.score)
+
+    @torch.no_grad()
+    def mask_from_box(self, box: Sequence[float], image: EncodedImage | None = None) -> np.ndarray:
+        """SAM's mask for a pixel box (the second half of :meth:`segment`).
+
+        Args:
+            box: ``(x0, y0, x1, y1)`` pixels of the image.
+            image: an encoded image (default: the one of :meth:`set_image`).
+
+        Returns:
+            ``(H, W)`` bool mask of the original image's size.
+        """
+        if self.sam is None:
+            raise RuntimeError("mask_from_box() needs a SAM mask decoder: create the predictor "
+                               "with sam=...")
+        image = self.image if image is None else image
+        return _sam_mask(self.sam, image.image, np.asarray(box, np.float64), self.device)
 
     # ------------------------------------------------------------------ batched API
     def caption_batch(self, images: Sequence[EncodedImage], *, task: str | None = None,

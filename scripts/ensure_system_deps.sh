@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # System packages pixelkit needs beyond PyPI:
-#  - a Java runtime: pycocoevalcap's PTB tokenizer and METEOR run on the JVM.
+#  - a Java runtime: pycocoevalcap's PTB tokenizer and METEOR run on the JVM;
+#  - Chromium: the demo's end-to-end test drives it headless through Playwright.
 # Installs them with apt-get when missing and we are root; otherwise says what to install.
 set -euo pipefail
 
 missing=()
 command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+  || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -41,3 +41,18 @@ def tiny_sam_vision() -> dict:
     return {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "mlp_dim": 64,
             "output_channels": 16, "image_size": 64, "patch_size": 16, "window_size": 2,
             "global_attn_indexes": [1], "num_pos_feats": 16}
+
+
+@pytest.fixture
+def tiny_sam(tiny_sam_vision: dict):
+    """A random ``transformers.SamModel`` small enough for CPU tests (64 px input)."""
+    from transformers import SamConfig, SamModel
+
+    vision = {**tiny_sam_vision, "num_pos_feats": 8}  # 2 * 8 = the prompt encoder's width
+    cfg = SamConfig(
+        vision_config=vision,
+        prompt_encoder_config={"hidden_size": 16, "image_size": 64, "patch_size": 16,
+                               "mask_input_channels": 4},
+        mask_decoder_config={"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                             "mlp_dim": 32, "iou_head_hidden_dim": 16})
+    return SamModel(cfg)

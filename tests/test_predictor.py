@@ -248,22 +248,9 @@ def test_bad_inputs_say_what_is_wrong(model, tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- SAM
-def _tiny_sam(tiny_sam_vision: dict):
-    from transformers import SamConfig, SamModel
-
-    vision = {**tiny_sam_vision, "num_pos_feats": 8}  # 2 * 8 = the prompt encoder's width
-    cfg = SamConfig(
-        vision_config=vision,
-        prompt_encoder_config={"hidden_size": 16, "image_size": 64, "patch_size": 16,
-                               "mask_input_channels": 4},
-        mask_decoder_config={"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-                             "mlp_dim": 32, "iou_head_hidden_dim": 16})
-    return SamModel(cfg)
-
-
 @pytest.mark.parametrize("size", [(100, 40), (37, 90)])
-def test_segment_with_a_tiny_sam_from_a_directory(model, tmp_path, tiny_sam_vision, size) -> None:
-    _tiny_sam(tiny_sam_vision).save_pretrained(tmp_path / "sam")
+def test_segment_with_a_tiny_sam_from_a_directory(model, tmp_path, tiny_sam, size) -> None:
+    tiny_sam.save_pretrained(tmp_path / "sam")
     p = Predictor(model, device="cpu", sam=tmp_path / "sam",
                   decode_options=DecodeOptions(max_new_tokens=2))
     W, H = size
