@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gradio as gr
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -60,6 +61,29 @@ _MODE_POINTS = "points (click: green = include, red = exclude)"
 
 class DemoError(ValueError):
     """Bad input the user can fix (shown as a message, never as a stack trace)."""
+
+
+def checked_image(**kwargs: Any) -> gr.Image:
+    """A ``gr.Image`` whose upload of a non-image is a message, not a processing error.
+
+    Gradio opens an upload with PIL before any handler runs, so a text file named ``.png``
+    would fail inside Gradio with a traceback-like "could not preprocess" error. The
+    instance's ``preprocess`` is wrapped (not subclassed: Gradio writes a ``.pyi`` stub
+    next to any module that subclasses a component).
+    """
+    image = gr.Image(**kwargs)
+    preprocess = image.preprocess
+
+    def checked(payload: Any) -> Any:
+        try:
+            return preprocess(payload)
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+            name = Path(getattr(payload, "orig_name", None) or getattr(payload, "path", "?")).name
+            raise gr.Error(f"{name} is not an image that can be opened "
+                           f"(PNG, JPEG, WebP, ... expected): {type(err).__name__}") from None
+
+    image.preprocess = checked
+    return image
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,8 +235,6 @@ def highlighted(words: Sequence[str]) -> dict[str, Any]:
         entities.append((w, str(i)))
         if i + 1 < len(words):
             entities.append((" ", None))
-    import gradio as gr
-
     # An update (a dict with "value" and "color_map"): the colours change with every caption.
     return gr.update(value=entities, color_map={str(i): _hex(c) for i, c in enumerate(cols)})
 
@@ -469,8 +491,6 @@ def _user_errors(fn):
     import functools
     import inspect
 
-    import gradio as gr
-
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen(*args, **kwargs):
@@ -501,8 +521,6 @@ def build_app(predictor: Any, examples: Sequence[tuple[Path, str]] = (),
     Returns:
         ``(gr.Blocks, DemoHandlers)``.
     """
-    import gradio as gr
-
     h = DemoHandlers(predictor, max_pixels=max_pixels)
     has_sam = getattr(predictor, "sam", None) is not None
 
@@ -536,7 +554,7 @@ def build_app(predictor: Any, examples: Sequence[tuple[Path, str]] = (),
         gr.Markdown("## PixelLLM: where each word lands on the image\n" + header(predictor.info))
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"],
+                image = checked_image(type="filepath", label="Image", sources=["upload", "clipboard"],
                                  elem_id="image", height=320)
                 examples_slot = gr.Column()
             with gr.Column(scale=2), gr.Tabs():

@@ -252,10 +252,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_eight_concurrent_clients(predictor, examples) -> None:
+def test_eight_concurrent_clients(predictor, examples, tmp_path) -> None:
     from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
 
-    demo, _ = app.build_app(predictor, examples)
+    demo, _ = app.build_app(predictor, examples, max_pixels=100 * 100)
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -279,6 +280,15 @@ def test_eight_concurrent_clients(predictor, examples) -> None:
             boxes = [pool.submit(refer, j) for j in refers]
             captions = [f.result(timeout=300) for f in captions]
             boxes = [f.result(timeout=300) for f in boxes]
+        # Bad uploads come back as messages (the browser shows them as such), not tracebacks.
+        (tmp_path / "notes.png").write_text("not an image")
+        Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
+        client = Client(url, verbose=False)
+        with pytest.raises(AppError, match="notes.png is not an image"):
+            client.predict(handle_file(str(tmp_path / "notes.png")), "trace", False,
+                           api_name="/caption")
+        with pytest.raises(AppError, match="big.png is 300x200 px"):
+            client.predict(handle_file(str(tmp_path / "big.png")), "x", api_name="/refer")
     finally:
         demo.close()
     for (path, task), got in zip(jobs, captions):
