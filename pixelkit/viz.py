@@ -179,3 +179,200 @@ def loss_curves(csv_files: dict[str, Path | str], out: Path | str,
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Pictures of the tutorial notebooks (pixelkit.tutorial)
+# --------------------------------------------------------------------------------------------
+
+
+def draw_caption(image: Image.Image | np.ndarray, words: Sequence[str],
+                 points: Sequence[Sequence[float]], *, box: Box | None = None,
+                 clicks: Sequence[Sequence[float]] | None = None,
+                 click_labels: Sequence[int] | None = None, min_side: int = 384,
+                 label: bool = True) -> Image.Image:
+    """A caption's per-word trace with the prompt it answered (a box or clicks), in pixels.
+
+    Args:
+        image: the original image.
+        words: the caption's words.
+        points: one (x, y) per word, pixels of the original image.
+        box: the prompt box (drawn white), if the caption describes a region.
+        clicks: prompt points (green: positive, red: negative).
+        click_labels: per click 1 / 0 (default all positive).
+        min_side: upscale small images to at least this side.
+        label: write each word next to its dot.
+
+    Returns:
+        A new RGB image.
+    """
+    img, s = _canvas(image, min_side)
+    if box is not None or clicks:
+        img = draw_boxes(img, [[v * s for v in box]] if box is not None else [],
+                         colours=[(255, 255, 255)], min_side=0,
+                         points=[(x * s, y * s) for x, y in clicks or []],
+                         point_labels=click_labels)
+    return draw_trace(img, words, [(x * s, y * s) for x, y in points], min_side=0, label=label)
+
+
+def image_grid(rows: Sequence[Sequence[Image.Image]], row_titles: Sequence[str] | None = None,
+               col_titles: Sequence[str] | None = None, pad: int = 6) -> Image.Image:
+    """Images in a grid (rows of equal-height panels), with optional row and column titles."""
+    title_w = 90 if row_titles else 0
+    strips = [side_by_side(list(r), list(col_titles) if (col_titles and i == 0) else None, pad)
+              for i, r in enumerate(rows)]
+    width = title_w + max(s.width for s in strips)
+    out = Image.new("RGB", (width, sum(s.height for s in strips)), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    y = 0
+    for i, s in enumerate(strips):
+        out.paste(s, (title_w, y))
+        if row_titles:
+            draw.text((pad, y + s.height // 2 - 7), row_titles[i][:14], fill=(0, 0, 0),
+                      font=_font(13))
+        y += s.height
+    return out
+
+
+def draw_refer(image: Image.Image | np.ndarray, pred_box: Box, gt_box: Box | None = None,
+               *, min_side: int = 384) -> Image.Image:
+    """A referring prediction: the predicted box in red, the ground truth in green."""
+    boxes, labels, cols = [pred_box], ["pred"], [(255, 50, 50)]
+    if gt_box is not None:
+        boxes.append(gt_box)
+        labels.append("truth")
+        cols.append((60, 230, 60))
+    return draw_boxes(image, boxes, labels, colours=cols, min_side=min_side)
+
+
+def heat_colours(values: np.ndarray) -> np.ndarray:
+    """``(h, w)`` values in [0, 1] -> ``(h, w, 3)`` uint8 (matplotlib's "inferno")."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["inferno"]
+    return (cmap(np.clip(np.asarray(values, np.float64), 0, 1))[..., :3] * 255).astype(np.uint8)
+
+
+def draw_heatmaps(image: Image.Image | np.ndarray, heatmaps: Sequence[np.ndarray],
+                  titles: Sequence[str] | None = None, *, size: int = 192,
+                  alpha: float = 0.65, normalize: bool = False) -> Image.Image:
+    """The image, then each heatmap (values in [0, 1]) blended over it, side by side.
+
+    Args:
+        image: the original image.
+        heatmaps: ``(h, w)`` maps covering the image (any resolution; upsampled with
+            nearest neighbours so the cells stay visible).
+        titles: one per heatmap (the image's title is "image").
+        size: panel height.
+        alpha: weight of the heatmap over the image.
+        normalize: scale each map by its own maximum (shows where a weak map peaks; say
+            so in the title, e.g. with the maximum).
+    """
+    img, _ = _canvas(image, 1)
+    w = round(img.width * size / img.height)
+    base = img.resize((w, size), Image.BILINEAR)
+    panels = [base]
+    for h in heatmaps:
+        h = np.asarray(h, np.float64)
+        if normalize and h.size and h.max() > 0:
+            h = h / h.max()
+        heat = Image.fromarray(heat_colours(h)).resize((w, size), Image.NEAREST)
+        panels.append(Image.blend(base, heat, alpha))
+    names = ["image"] + list(titles or [f"level {i}" for i in range(len(heatmaps))])
+    return side_by_side(panels, names)
+
+
+def draw_word_targets(image: Image.Image | np.ndarray, tokens: Sequence[str],
+                      boxes: Sequence[Box], points: Sequence[Sequence[float]], *,
+                      trace: Sequence[Sequence[float]] | None = None,
+                      segments: Sequence[Sequence[Sequence[float]]] | None = None,
+                      utterance_index: Sequence[int] | None = None, cols: int = 6,
+                      size: int = 160) -> Image.Image:
+    """How a trace becomes per-token targets: one panel per token, in caption order.
+
+    Each panel shows the whole trace (thin grey), the part spoken with the token's
+    utterance (bold, the token's colour), and the token's target: the box of that part
+    (min / max of the interpolated samples) and its mean point.
+
+    Args:
+        image: the original image.
+        tokens: the caption's tokens.
+        boxes: ``(T, 4)`` target box per token, pixels (NaN rows: no target).
+        points: ``(T, 2)`` target point per token, pixels.
+        trace: ``(P, 2)`` the whole trace, pixels.
+        segments: per utterance, its ``(k, 2)`` trace points.
+        utterance_index: per token, its utterance (indexes ``segments``).
+        cols: panels per row.
+        size: panel side.
+    """
+    img, s = _canvas(image, size)
+    colours = word_colours(len(tokens))
+    panels = []
+    for t, tok in enumerate(tokens):
+        p = img.copy()
+        d = ImageDraw.Draw(p)
+        if trace is not None and len(trace) > 1:
+            d.line([(x * s, y * s) for x, y in trace], fill=(170, 170, 170), width=1)
+        c = colours[t]
+        u = int(utterance_index[t]) if utterance_index is not None else -1
+        if segments is not None and 0 <= u < len(segments) and len(segments[u]) > 1:
+            d.line([(x * s, y * s) for x, y in segments[u]], fill=c, width=3)
+        b = np.asarray(boxes[t], np.float64)
+        if np.isfinite(b).all():
+            x0, y0, x1, y1 = (b * s).tolist()
+            d.rectangle([x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)], outline=(255, 255, 255),
+                        width=2)
+            x, y = (np.asarray(points[t], np.float64) * s).tolist()
+            r = max(3, p.width // 40)
+            d.ellipse([x - r, y - r, x + r, y + r], fill=c, outline=(0, 0, 0))
+        d.text((4, 2), f"{t}: {tok}", fill=c, font=_font(max(11, p.width // 14)),
+               stroke_width=2, stroke_fill=(0, 0, 0))
+        panels.append(p)
+    rows = [panels[i:i + cols] for i in range(0, len(panels), cols)]
+    blank = Image.new("RGB", panels[0].size, (255, 255, 255)) if panels else None
+    if rows and len(rows[-1]) < cols and len(rows) > 1:
+        rows[-1] = rows[-1] + [blank] * (cols - len(rows[-1]))
+    return image_grid(rows) if rows else Image.new("RGB", (size, size), (255, 255, 255))
+
+
+def study_plot(runs: dict[str, Path | str], finals: dict[str, float], out: Path | str, *,
+               param: str, metric: str, curve: str = "train/loss") -> Path:
+    """A study in one figure: each run's training curve, and the final metric per value.
+
+    Args:
+        runs: run label (the value) -> its CSVLogger ``metrics.csv``.
+        finals: run label -> the final value of ``metric``.
+        out: PNG path.
+        param: the studied parameter (x axis of the right panel).
+        metric: the compared metric (y axis of the right panel).
+        curve: the logged metric drawn on the left.
+    """
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for label, path in runs.items():
+        with open(path) as f:
+            pts = [(int(r["step"]), float(r[curve])) for r in csv.DictReader(f)
+                   if r.get(curve) not in (None, "")]
+        if pts:
+            ax1.plot(*zip(*pts), label=label)
+    ax1.set_title(curve)
+    ax1.set_xlabel("step")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    labels = list(finals)
+    ax2.plot(range(len(labels)), [finals[k] for k in labels], "o-")
+    ax2.set_xticks(range(len(labels)), labels)
+    ax2.set_xlabel(param)
+    ax2.set_title(f"final {metric}")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
