@@ -137,3 +137,51 @@ def test_forced_length_and_no_points(fitted) -> None:
     assert torch.equal(bare.tokens, forced.tokens) and bare.points is None
     with pytest.raises(ValueError, match="min_new_tokens"):
         DecodeOptions(max_new_tokens=4, min_new_tokens=5)
+
+
+@pytest.fixture(scope="module")
+def t5():
+    return _fitted(*FAMILIES["t5"])
+
+
+def test_direct_t5_steps_equal_the_model_forward(t5) -> None:
+    """T5 steps through its decoder blocks (no ``model(...)`` per step): the same logits and
+    states as the generic ``model(...)`` step, with padded prompts, a row reorder and more
+    steps than the relative-position-bias table first holds (64)."""
+    model, prefix, mask = t5
+    lm = model.language_model
+    assert lm._direct_t5() and not bool(mask.bool().all())  # padded prompts in the fixture
+    steps, index = 70, torch.tensor([3, 1, 1, 0])
+    ids = torch.randint(3, 30, (len(prefix), steps))
+
+    def run() -> tuple[list[torch.Tensor], list[torch.Tensor], object]:
+        logits, hidden, state = lm.start(prefix, mask)
+        ls, hs = [logits], [hidden]
+        for t in range(steps):
+            if t == 5:
+                state.reorder(index)
+            tok = ids[:, t] if t < 5 else ids[index, t]
+            logits, hidden = lm.step(state, tok)
+            ls.append(logits)
+            hs.append(hidden)
+        return ls, hs, state
+
+    with torch.no_grad():
+        lm.direct_t5_steps = False
+        try:
+            ref_l, ref_h, ref_state = run()
+        finally:
+            lm.direct_t5_steps = True
+        new_l, new_h, new_state = run()
+    assert ref_state.cross_bias is None and new_state.cross_bias is not None
+    assert new_state.self_bias.shape[-1] > steps
+    for a, b in zip(new_l + new_h, ref_l + ref_h):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    # Decoding (greedy and beams) through either step.
+    lm.direct_t5_steps = False
+    try:
+        ref = [greedy_decode(model, prefix, mask, 10), beam_search(model, prefix, mask, 3, 10)]
+    finally:
+        lm.direct_t5_steps = True
+    _same(greedy_decode(model, prefix, mask, 10), ref[0], atol=1e-6)
+    _same(beam_search(model, prefix, mask, 3, 10), ref[1], atol=1e-6)
