@@ -306,10 +306,10 @@ def group_words(tokenizer: Any, ids: Sequence[int]) -> tuple[str, list[str], lis
     groups: list[list[tuple[int, str]]] = []
     prev = ""
     new_word = True
-    for k in range(len(ids)):
-        cur = tokenizer.decode(ids[: k + 1], skip_special_tokens=True,
-                               clean_up_tokenization_spaces=False)
-        delta = cur[len(os.path.commonprefix([prev, cur])):]
+    for k, cur in enumerate(_decode_prefixes(tokenizer, ids)):
+        # Usually the new text extends the old; a decoder may also rewrite its tail.
+        keep = len(prev) if cur.startswith(prev) else len(os.path.commonprefix([prev, cur]))
+        delta = cur[keep:]
         prev = cur
         if not delta.strip():
             new_word = new_word or bool(delta)  # a lone space piece: the next token starts a word
@@ -325,6 +325,22 @@ def group_words(tokenizer: Any, ids: Sequence[int]) -> tuple[str, list[str], lis
         locating.append(alnum[-1] if alnum else g[-1][0])
     text = tokenizer.decode(ids, skip_special_tokens=True).strip()
     return text, words, locating
+
+
+def _decode_prefixes(tokenizer: Any, ids: list[int]) -> list[str]:
+    """``tokenizer.decode(ids[:k + 1])`` for every k (special tokens skipped, no clean-up).
+
+    A fast tokenizer decodes all prefixes in one call into its Rust backend (what its own
+    ``decode`` does per call, without the Python overhead of one call per token).
+    """
+    prefixes = [ids[: k + 1] for k in range(len(ids))]
+    if not prefixes:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "decode_batch"):
+        return backend.decode_batch(prefixes, skip_special_tokens=True)
+    return tokenizer.batch_decode(prefixes, skip_special_tokens=True,
+                                  clean_up_tokenization_spaces=False)
 
 
 def _ordered(points4: np.ndarray) -> np.ndarray:
