@@ -392,7 +392,9 @@ class DemoHandlers:
             mask = self.predictor.mask_from_box(result.box, enc)
             shown = overlay_mask(im, mask)
             out["mask_area"] = int(mask.sum())
-        drawn = draw_boxes(shown, [result.box], [expression], [result.score])
+        # Cyan: it stands out on the shapes' red, green, blue and yellow alike.
+        drawn = draw_boxes(shown, [result.box], [expression], [result.score],
+                           colours=[(0, 230, 255)])
         return drawn, out
 
     # ------------------------------------------------------------------ 4. dense captions
@@ -469,7 +471,10 @@ def header(info: dict[str, Any]) -> str:
         lines.append(f"**Stage** {stage}")
     trained = info.get("trained_on") or info.get("world")
     if trained:
-        trained = ", ".join(map(str, trained)) if isinstance(trained, (list, tuple)) else trained
+        if isinstance(trained, (list, tuple)):
+            # "task:/long/path/file.json" -> "task: file.json"
+            trained = ", ".join(f"{t.partition(':')[0]}: {Path(t.partition(':')[2]).name}"
+                                if ":" in str(t) else str(t) for t in trained)
         lines.append(f"**Trained on** {trained}")
     if info.get("world") and info.get("trained_on"):
         lines.append(f"**World** {info['world']}")

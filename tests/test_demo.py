@@ -227,9 +227,11 @@ def test_examples_are_the_shapes_val_split(tmp_path) -> None:
 
 def test_header_names_the_checkpoint_and_its_data() -> None:
     md = app.header({"checkpoint": "outputs/q/checkpoints/pixelllm.ckpt", "stage": "all",
-                     "trained_on": ["trace", "refer"], "world": "shapes (64 px)",
+                     "trained_on": ["trace:/data/ln_train.jsonl", "refer"],
+                     "world": "shapes (64 px)",
                      "metrics": {"refer.p_at_0.5": 0.9221, "densecap.mAP": 0.5}})
-    for part in ("pixelllm.ckpt", "all", "trace, refer", "shapes (64 px)", "0.922", "0.500"):
+    for part in ("pixelllm.ckpt", "all", "trace: ln_train.jsonl, refer", "shapes (64 px)", "0.922",
+                 "0.500"):
         assert part in md
 
 
