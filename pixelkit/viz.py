@@ -345,7 +345,8 @@ def study_plot(runs: dict[str, Path | str], finals: dict[str, float], out: Path 
         out: PNG path.
         param: the studied parameter (x axis of the right panel).
         metric: the compared metric (y axis of the right panel).
-        curve: the logged metric drawn on the left.
+        curve: the logged metric drawn on the left (pick one comparable across the runs:
+            ``train/loss`` is not, when the study changes a loss weight).
     """
     import csv
 
@@ -367,7 +368,9 @@ def study_plot(runs: dict[str, Path | str], finals: dict[str, float], out: Path 
     ax1.legend(fontsize=8)
     labels = list(finals)
     ax2.plot(range(len(labels)), [finals[k] for k in labels], "o-")
-    ax2.set_xticks(range(len(labels)), labels)
+    # runs named "<param>=<value>" (pixelkit.tutorial.run_study): the value is the tick
+    ax2.set_xticks(range(len(labels)), [k.split("=", 1)[1] if k.startswith(f"{param}=") else k
+                                        for k in labels])
     ax2.set_xlabel(param)
     ax2.set_title(f"final {metric}")
     ax2.grid(alpha=0.3)
