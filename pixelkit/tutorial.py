@@ -56,6 +56,7 @@ __all__ = [
     "fixtures_dir",
     "gpu_fit_table",
     "memory_estimate",
+    "nms_example",
     "output_dir",
     "proposal_steps",
     "quickstart_checkpoint",
@@ -691,7 +692,7 @@ def trace_snapshots(checkpoints: StageRun | Sequence[Path], images: Sequence[Any
             labels = ["start"] + [f"step {_step_of(p)}" for p in run.snapshots]
     rows, titles = [], []
     for i, ckpt in enumerate(checkpoints):
-        p = Predictor.from_checkpoint(ckpt, device="cpu")
+        p = Predictor.from_checkpoint(ckpt)  # CUDA when there is one
         encoded = p.encode_images(list(images))
         results = p.caption_batch(encoded, task="trace")
         rows.append([draw_trace(e.image, r.words, r.points, min_side=min_side)
@@ -822,6 +823,37 @@ def proposal_steps(predictor: Any, score_threshold: float | None = None,
     return ProposalSteps(heatmaps=[crop(h) for h in heat],
                          level_shapes=[tuple(h.shape) for h in heat],
                          before_nms=px(before), after_nms=px(after))
+
+
+def nms_example(predictor: Any, images: Sequence[Any], score_threshold: float | None = None,
+                max_regions: int | None = None) -> tuple[Any, ProposalSteps]:
+    """Of some images, the one where NMS removes the most proposals (the first on ties).
+
+    A trained proposal head is clean on most shapes-world images (the 3x3 peak test keeps
+    one cell per object and level), so a picture of NMS at work needs an image where it
+    has something to do.
+
+    Args:
+        predictor: a :class:`~pixelkit.Predictor` with a proposal head.
+        images: samples (anything with ``image_path``) or images / paths.
+        score_threshold: as :func:`proposal_steps`.
+        max_regions: as :func:`proposal_steps`.
+
+    Returns:
+        ``(the picked item as given, its ProposalSteps)``; the predictor is left on it.
+    """
+    if not images:
+        raise ValueError("nms_example needs at least one image")
+    best: tuple[int, Any, ProposalSteps] | None = None
+    for item in images:
+        predictor.set_image(getattr(item, "image_path", item))
+        steps = proposal_steps(predictor, score_threshold, max_regions)
+        removed = len(steps.before_nms[1]) - len(steps.after_nms[1])
+        if best is None or removed > best[0]:
+            best = (removed, item, steps)
+    assert best is not None
+    predictor.set_image(getattr(best[1], "image_path", best[1]))
+    return best[1], best[2]
 
 
 # --------------------------------------------------------------------------------------------

@@ -255,7 +255,8 @@ def heat_colours(values: np.ndarray) -> np.ndarray:
 
 def draw_heatmaps(image: Image.Image | np.ndarray, heatmaps: Sequence[np.ndarray],
                   titles: Sequence[str] | None = None, *, size: int = 192,
-                  alpha: float = 0.65, normalize: bool = False) -> Image.Image:
+                  alpha: float = 0.65, normalize: bool = False,
+                  floor: float = 0.05) -> Image.Image:
     """The image, then each heatmap (values in [0, 1]) blended over it, side by side.
 
     Args:
@@ -266,7 +267,9 @@ def draw_heatmaps(image: Image.Image | np.ndarray, heatmaps: Sequence[np.ndarray
         size: panel height.
         alpha: weight of the heatmap over the image.
         normalize: scale each map by its own maximum (shows where a weak map peaks; say
-            so in the title, e.g. with the maximum).
+            so in the title, e.g. with the maximum), but by at least ``floor``, so that a
+            map with no peak stays dark instead of showing its noise at full brightness.
+        floor: see ``normalize``.
     """
     img, _ = _canvas(image, 1)
     w = round(img.width * size / img.height)
@@ -274,8 +277,8 @@ def draw_heatmaps(image: Image.Image | np.ndarray, heatmaps: Sequence[np.ndarray
     panels = [base]
     for h in heatmaps:
         h = np.asarray(h, np.float64)
-        if normalize and h.size and h.max() > 0:
-            h = h / h.max()
+        if normalize and h.size:
+            h = h / max(float(h.max()), floor)
         heat = Image.fromarray(heat_colours(h)).resize((w, size), Image.NEAREST)
         panels.append(Image.blend(base, heat, alpha))
     names = ["image"] + list(titles or [f"level {i}" for i in range(len(heatmaps))])

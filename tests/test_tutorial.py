@@ -309,3 +309,21 @@ def test_tutorial_pictures() -> None:
                                   segments=[np.array([[1, 1], [9, 9]])] * 3,
                                   utterance_index=[0, -1, 2], cols=2, size=64)
     assert words.height >= 2 * 64  # 3 panels in rows of 2
+
+
+def test_nms_example_picks_the_image_nms_changes_most(world: Path) -> None:
+    torch.manual_seed(0)
+    p = Predictor(PixelLLM(PixelLLMConfig.from_name("tiny")), device="cpu")
+    scenes = tut.shapes_scenes(world, n=3)
+    images = [s.image for s in scenes]
+    removed = []
+    for im in images:
+        p.set_image(im)
+        st = tut.proposal_steps(p, score_threshold=0.0)
+        removed.append(len(st.before_nms[1]) - len(st.after_nms[1]))
+    item, steps = tut.nms_example(p, images, score_threshold=0.0)
+    assert item == images[int(np.argmax(removed))]
+    assert len(steps.before_nms[1]) - len(steps.after_nms[1]) == max(removed)
+    assert p.image.size == Image.open(item).size
+    with pytest.raises(ValueError):
+        tut.nms_example(p, [])
