@@ -287,10 +287,13 @@ class EncodedImage:
 def group_words(tokenizer: Any, ids: Sequence[int]) -> tuple[str, list[str], list[int]]:
     """Group generated tokens into words, and pick the token that locates each word.
 
-    Works for any tokenizer by decoding growing prefixes: a token whose new text starts
-    with whitespace starts a word (SentencePiece "▁", byte-level "Ġ"), one without
-    continues the word (WordPiece "##", subword pieces, punctuation glued on by the
-    decoder); a token that adds only whitespace makes the next token start a word.
+    Works for any tokenizer by decoding: the text a token adds is the difference between
+    the decodings of a short window of ids ending with it and without it (a window, not
+    the whole prefix, keeps this linear in the length; what a token adds depends only on
+    its near left context). A token whose new text starts with whitespace starts a word
+    (SentencePiece "▁", byte-level "Ġ"), one without continues the word (WordPiece "##",
+    subword pieces, punctuation glued on by the decoder); a token that adds only
+    whitespace makes the next token start a word.
 
     Args:
         tokenizer: the LM's tokenizer.
@@ -304,13 +307,8 @@ def group_words(tokenizer: Any, ids: Sequence[int]) -> tuple[str, list[str], lis
     ids = [int(i) for i in ids]
     words: list[str] = []
     groups: list[list[tuple[int, str]]] = []
-    prev = ""
     new_word = True
-    for k, cur in enumerate(_decode_prefixes(tokenizer, ids)):
-        # Usually the new text extends the old; a decoder may also rewrite its tail.
-        keep = len(prev) if cur.startswith(prev) else len(os.path.commonprefix([prev, cur]))
-        delta = cur[keep:]
-        prev = cur
+    for k, delta in enumerate(_token_texts(tokenizer, ids)):
         if not delta.strip():
             new_word = new_word or bool(delta)  # a lone space piece: the next token starts a word
             continue
@@ -327,20 +325,31 @@ def group_words(tokenizer: Any, ids: Sequence[int]) -> tuple[str, list[str], lis
     return text, words, locating
 
 
-def _decode_prefixes(tokenizer: Any, ids: list[int]) -> list[str]:
-    """``tokenizer.decode(ids[:k + 1])`` for every k (special tokens skipped, no clean-up).
+def _token_texts(tokenizer: Any, ids: list[int], window: int = 8) -> list[str]:
+    """The text each token adds to the decoded string (special tokens skipped, no clean-up).
 
-    A fast tokenizer decodes all prefixes in one call into its Rust backend (what its own
-    ``decode`` does per call, without the Python overhead of one call per token).
+    Token ``k`` adds ``decode(ids[s:k + 1])`` minus its common prefix with
+    ``decode(ids[s:k])``, ``s = max(0, k - window)``: the token is never first in its window
+    (where SentencePiece would drop its leading space), and all windows are decoded in one
+    call into a fast tokenizer's Rust backend.
     """
-    prefixes = [ids[: k + 1] for k in range(len(ids))]
-    if not prefixes:
+    if not ids:
         return []
+    starts = [max(0, k - window) for k in range(len(ids))]
+    pieces = [ids[s:k] for k, s in enumerate(starts)] + [ids[s:k + 1] for k, s in enumerate(starts)]
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and hasattr(backend, "decode_batch"):
-        return backend.decode_batch(prefixes, skip_special_tokens=True)
-    return tokenizer.batch_decode(prefixes, skip_special_tokens=True,
-                                  clean_up_tokenization_spaces=False)
+        texts = backend.decode_batch(pieces, skip_special_tokens=True)
+    else:
+        texts = tokenizer.batch_decode(pieces, skip_special_tokens=True,
+                                       clean_up_tokenization_spaces=False)
+    n = len(ids)
+    out = []
+    for before, after in zip(texts[:n], texts[n:]):
+        # Usually the new text extends the old; a decoder may also rewrite its tail.
+        keep = len(before) if after.startswith(before) else len(os.path.commonprefix([before, after]))
+        out.append(after[keep:])
+    return out
 
 
 def _ordered(points4: np.ndarray) -> np.ndarray:
