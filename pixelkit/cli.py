@@ -24,29 +24,12 @@ def _info_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _info_run(args: argparse.Namespace) -> int:
-    import torch
+    from pixelkit.tutorial import describe_model
 
-    from pixelkit.config import PixelLLMConfig
-    from pixelkit.modeling.pixel_llm import PixelLLM
-    from pixelkit.modeling.trainable import component_tree, format_summary, parameter_summary
-
-    config = PixelLLMConfig.from_name(args.preset).without_pretrained()
-    device = "cpu" if args.materialize else "meta"
     # On the meta device only shapes exist: the paper model (~3.8 B parameters) is
     # described without allocating its weights or downloading anything.
-    with torch.device(device):
-        model = PixelLLM(config)
-    print(f"PixelLLM preset {args.preset!r} (built on {device}, weights not loaded)")
-    for i, b in enumerate(config.image_encoder.backbones):
-        print(f"  backbone {i}: {b.kind} {b.name} @ {b.image_size or config.image_size}px"
-              f"{' (frozen)' if b.frozen else ''}")
-    lm = config.language_model
-    print(f"  language model: {lm.family} {lm.name}; LoRA r={lm.lora.r} on "
-          f"{lm.lora.target_modules if lm.lora.r else '-'}; base frozen={lm.freeze_base}")
-    print()
-    print(component_tree(model, depth=args.depth))
-    print()
-    print(format_summary(parameter_summary(model)))
+    print(describe_model(args.preset, depth=args.depth,
+                         device="cpu" if args.materialize else "meta"))
     return 0
 
 

@@ -959,7 +959,8 @@ def describe_model(config: Any, depth: int = 2, device: str = "meta", tree: bool
         model = PixelLLM(config)
     lines = [f"PixelLLM {config.name!r} at {config.image_size}px (built on {device})"]
     for i, b in enumerate(config.image_encoder.backbones):
-        lines.append(f"  backbone {i}: {b.kind} {b.name}{' (frozen)' if b.frozen else ''}")
+        lines.append(f"  backbone {i}: {b.kind} {b.name} @ {b.image_size or config.image_size}px"
+                     f"{' (frozen)' if b.frozen else ''}")
     lm = config.language_model
     lines.append(f"  language model: {lm.family} {lm.name}; LoRA r={lm.lora.r}"
                  f"{' on ' + str(lm.lora.target_modules) if lm.lora.r else ''}; "
