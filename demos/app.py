@@ -492,7 +492,8 @@ def header(info: dict[str, Any]) -> str:
 
 
 def _user_errors(fn):
-    """Turn :class:`DemoError` (and bad-value errors of the predictor) into ``gr.Error``."""
+    """Turn :class:`DemoError` (a ``ValueError``) and the predictor's bad-value errors into
+    ``gr.Error`` messages."""
     import functools
     import inspect
 
@@ -501,7 +502,7 @@ def _user_errors(fn):
         def gen(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except (DemoError, ValueError) as err:
+            except ValueError as err:  # DemoError is one
                 raise gr.Error(str(err)) from None
         return gen
 
@@ -509,7 +510,7 @@ def _user_errors(fn):
     def call(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (DemoError, ValueError) as err:
+        except ValueError as err:  # DemoError is one
             raise gr.Error(str(err)) from None
     return call
 

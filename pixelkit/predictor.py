@@ -555,11 +555,7 @@ class Predictor:
         Raises:
             RuntimeError: the predictor has no SAM (pass ``sam=`` when creating it).
         """
-        if self.sam is None:
-            raise RuntimeError(
-                "segment() needs a SAM mask decoder: create the predictor with sam=... (a "
-                "transformers.SamModel, a hub id such as 'facebook/sam-vit-huge', or a local "
-                "directory saved with SamModel.save_pretrained)")
+        self._require_sam("segment()")  # before refer: fail fast
         ref = self.refer(expression)
         return SegmentResult(mask=self.mask_from_box(ref.box), box=ref.box, score=ref.score)
 
@@ -574,11 +570,16 @@ class Predictor:
         Returns:
             ``(H, W)`` bool mask of the original image's size.
         """
-        if self.sam is None:
-            raise RuntimeError("mask_from_box() needs a SAM mask decoder: create the predictor "
-                               "with sam=...")
+        self._require_sam("mask_from_box()")
         image = self.image if image is None else image
         return _sam_mask(self.sam, image.image, np.asarray(box, np.float64), self.device)
+
+    def _require_sam(self, what: str) -> None:
+        if self.sam is None:
+            raise RuntimeError(
+                f"{what} needs a SAM mask decoder: create the predictor with sam=... (a "
+                "transformers.SamModel, a hub id such as 'facebook/sam-vit-huge', or a local "
+                "directory saved with SamModel.save_pretrained)")
 
     # ------------------------------------------------------------------ batched API
     def caption_batch(self, images: Sequence[EncodedImage], *, task: str | None = None,
