@@ -553,7 +553,7 @@ def model_bench(reps: int = 21, tokens: int = 32, prompts: int = 32, train_batch
         rows = [make_row(predictor.tokenizer, "trace", "") for _ in range(n)]
         batch, feats, _ = predictor.collate_rows([predictor.image] * n, rows)
         with torch.no_grad():
-            visual = model.visual_tokens(feats[batch["image_index"]], batch["boxes"])
+            visual = model.visual_tokens(feats, batch["boxes"], image_index=batch["image_index"])
             prefix, mask = model.prefix(visual, batch["prompt_ids"], batch["prompt_mask"])
 
         def run(prefix=prefix, mask=mask, **kw: Any) -> Any:

@@ -287,10 +287,9 @@ class EncodedImage:
 def group_words(tokenizer: Any, ids: Sequence[int]) -> tuple[str, list[str], list[int]]:
     """Group generated tokens into words, and pick the token that locates each word.
 
-    Works for any tokenizer by decoding: the text a token adds is the difference between
-    the decodings of a short window of ids ending with it and without it (a window, not
-    the whole prefix, keeps this linear in the length; what a token adds depends only on
-    its near left context). A token whose new text starts with whitespace starts a word
+    Works for any tokenizer by decoding: the text a token adds is what it appends to the
+    decoded string, given its left context (:func:`_token_texts`, linear in the length).
+    A token whose new text starts with whitespace starts a word
     (SentencePiece "▁", byte-level "Ġ"), one without continues the word (WordPiece "##",
     subword pieces, punctuation glued on by the decoder); a token that adds only
     whitespace makes the next token start a word.
@@ -327,6 +326,28 @@ def group_words(tokenizer: Any, ids: Sequence[int]) -> tuple[str, list[str], lis
 
 def _token_texts(tokenizer: Any, ids: list[int], window: int = 8) -> list[str]:
     """The text each token adds to the decoded string (special tokens skipped, no clean-up).
+
+    A fast tokenizer streams the ids through ``tokenizers.decoders.DecodeStream``: its Rust
+    decoder keeps the last token as left context, so a token's leading space survives
+    (SentencePiece drops it from a sequence's first token), and a token that ends inside a
+    UTF-8 character adds nothing until the token that completes it. A decoder that rewrites
+    text it already produced makes the stream fail; then, and for slow tokenizers,
+    :func:`_window_token_texts` does the same by decoding windows.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        from tokenizers.decoders import DecodeStream
+
+        stream = DecodeStream(skip_special_tokens=True)
+        try:
+            return [stream.step(backend, i) or "" for i in ids]
+        except Exception:  # tokenizers raises a plain Exception ("Invalid prefix encountered")
+            pass
+    return _window_token_texts(tokenizer, ids, window)
+
+
+def _window_token_texts(tokenizer: Any, ids: list[int], window: int = 8) -> list[str]:
+    """:func:`_token_texts` by decoding windows of ids.
 
     Token ``k`` adds ``decode(ids[s:k + 1])`` minus its common prefix with
     ``decode(ids[s:k])``, ``s = max(0, k - window)``: the token is never first in its window
@@ -742,8 +763,8 @@ class Predictor:
         """
         batch, features, order = self.collate_rows(images, rows)
         m = self.model
-        visual = m.visual_tokens(features[batch["image_index"]], batch["boxes"], batch["points"],
-                                 batch["point_labels"])
+        visual = m.visual_tokens(features, batch["boxes"], batch["points"], batch["point_labels"],
+                                 batch["image_index"])
         prefix, mask = m.prefix(visual, batch["prompt_ids"], batch["prompt_mask"])
         options = self.decode_options
         if options.with_points != with_points:

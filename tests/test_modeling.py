@@ -10,12 +10,13 @@ import time
 
 import pytest
 import torch
+from transformers.activations import GELUTanh, NewGELUActivation
 
 from pixelkit import PixelLLM, PixelLLMConfig
 from pixelkit.config import BackboneConfig, ImageEncoderConfig, LanguageModelConfig
 from pixelkit.decoding import greedy_decode
 from pixelkit.modeling.image_encoder import ImageEncoder
-from pixelkit.modeling.language_model import LanguageModel
+from pixelkit.modeling.language_model import LanguageModel, fuse_gelu
 from pixelkit.modeling.losses import centernet_focal, point_l1, text_loss
 from pixelkit.modeling.prompt_encoder import PAD, PromptEncoder, pack_prompts
 from pixelkit.modeling.prompt_feature_extractor import PromptFeatureExtractor
@@ -164,6 +165,21 @@ def test_extractor_shapes() -> None:
     assert v2.shape == (2, cfg.num_queries + 64, 96)  # + h*w grid tokens
 
 
+def test_visual_tokens_with_image_index_equal_per_prompt_features() -> None:
+    """Five prompts over two images: projecting each image once, then indexing, gives the
+    tokens of features copied per prompt (and the gradient reaches the same weights)."""
+    model = PixelLLM(tiny_config()).eval()
+    feats = model.encode_image(torch.rand(2, 3, S, S))                    # (2, C, h, w)
+    index = torch.tensor([0, 1, 1, 0, 1])
+    boxes = torch.rand(5, 4).sort(dim=1).values[:, [0, 1, 2, 3]]
+    boxes[2] = float("nan")                                              # no box on row 2
+    with torch.no_grad():
+        per_prompt = model.visual_tokens(feats[index], boxes)
+        shared = model.visual_tokens(feats, boxes, image_index=index)
+    assert shared.shape == per_prompt.shape
+    torch.testing.assert_close(shared, per_prompt, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("family,arch", [("seq2seq", None), ("causal", LLAMA), ("causal", GPT2)])
 def test_lm_adapter_forward_and_cached_steps_agree(family: str, arch: dict | None) -> None:
     lm_cfg = tiny_config(family, arch).language_model
@@ -183,6 +199,24 @@ def test_lm_adapter_forward_and_cached_steps_agree(family: str, arch: dict | Non
             lt, ht = lm.step(state, labels[:, t])
             torch.testing.assert_close(lt, logits[:, t + 1], atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(ht, hidden[:, t + 1], atol=1e-4, rtol=1e-4)
+
+
+def test_fused_gelu_matches_transformers_new_gelu() -> None:
+    """LanguageModel swaps T5's NewGELUActivation for GELUTanh: same outputs as the HF model
+    as transformers builds it (the two activations differ by float rounding only)."""
+    lm = LanguageModel(tiny_config().language_model).eval()
+    assert not any(isinstance(m, NewGELUActivation) for m in lm.modules())
+    assert any(isinstance(m, GELUTanh) for m in lm.modules())
+    reference = copy.deepcopy(lm)
+    blocks = [*reference.model.encoder.block, *reference.model.decoder.block]
+    for block in blocks:
+        block.layer[-1].DenseReluDense.act = NewGELUActivation()  # transformers' own choice
+    prefix, mask = torch.randn(2, 5, lm.hidden_size), torch.ones(2, 5, dtype=torch.long)
+    labels = torch.tensor([[5, 6, 7, 1], [8, 9, 1, 1]])
+    with torch.no_grad():
+        for a, b in zip(lm(prefix, mask, labels), reference(prefix, mask, labels)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert fuse_gelu(reference) == len(blocks)
 
 
 def test_point_head_range_and_losses() -> None:

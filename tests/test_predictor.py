@@ -51,9 +51,10 @@ class _Spy:
         self.calls: list[dict[str, torch.Tensor | None]] = []
         original = model.visual_tokens
 
-        def visual_tokens(features, boxes=None, points_=None, point_labels=None):
+        def visual_tokens(features, boxes=None, points_=None, point_labels=None,
+                          image_index=None):
             self.calls.append({"boxes": boxes, "points": points_, "labels": point_labels})
-            return original(features, boxes, points_, point_labels)
+            return original(features, boxes, points_, point_labels, image_index)
 
         monkeypatch.setattr(model, "visual_tokens", visual_tokens)
         if points is not None:
@@ -142,6 +143,57 @@ def test_words_take_their_last_alphanumeric_token() -> None:
             assert words == ["a", "red", "circle,", "and", "a", "large", "square."]
             assert len(ids) > len(words)  # the test does exercise multi-token words
     assert group_words(tok, []) == ("", [], [])
+
+
+def _metaspace_tokenizer(texts: list[str]) -> Any:
+    """A SentencePiece-style BPE (Metaspace "▁" pieces, as T5's tokenizer) trained on texts."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    sp = Tokenizer(models.BPE(unk_token="<unk>"))
+    sp.pre_tokenizer = pre_tokenizers.Metaspace()
+    sp.decoder = decoders.Metaspace()
+    sp.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=60, show_progress=False,
+                                                      special_tokens=["<pad>", "</s>", "<unk>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=sp, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+def test_streamed_token_texts_equal_decoded_windows(predictor) -> None:
+    """The DecodeStream path and the window-decoding fallback give every token the same text,
+    on word-level, byte-level BPE, WordPiece (shapes) and SentencePiece-style tokenizers;
+    special tokens add nothing."""
+    from pixelkit.bench import build_bench_tokenizers
+    from pixelkit.predictor import _token_texts, _window_token_texts
+
+    texts = ["a red circle, and a large square.", "in this image there is a small blue triangle",
+             "on the left , a green circle ; then the top right ."]
+    toks = {**build_bench_tokenizers(texts * 4), "shapes": predictor.tokenizer,
+            "metaspace": _metaspace_tokenizer(texts * 4)}
+    for name, tok in toks.items():
+        for text in texts:
+            ids = tok(text, add_special_tokens=False).input_ids + [tok.eos_token_id]
+            streamed = _token_texts(tok, ids)
+            assert streamed == _window_token_texts(tok, ids), (name, text)
+            assert "".join(streamed) == tok.decode(ids, skip_special_tokens=True,
+                                                   clean_up_tokenization_spaces=False)
+            assert streamed[-1] == ""  # EOS
+    # SentencePiece: the first word has no leading space, the others do.
+    sp = toks["metaspace"]
+    _, words, _ = group_words(sp, sp("a red circle", add_special_tokens=False).input_ids)
+    assert words == ["a", "red", "circle"]
+
+
+def test_a_character_split_over_byte_tokens_is_one_word() -> None:
+    """Byte-level BPE splits "é" into two tokens: the first adds no text (half a UTF-8
+    character), the word is whole and takes the location of the token that completes it."""
+    from pixelkit.bench import build_bench_tokenizers
+
+    tok = build_bench_tokenizers(["a red circle"] * 4)["subword"]
+    ids = tok("a rouge café", add_special_tokens=False).input_ids
+    text, words, locating = group_words(tok, ids)
+    assert text == "a rouge café" and words == ["a", "rouge", "café"]
+    assert tok.decode(ids[-2:-1]) == "\ufffd" and locating[-1] == len(ids) - 1
 
 
 def test_word_location_rule_on_the_shapes_tokenizer(predictor) -> None:

@@ -88,23 +88,26 @@ class PixelLLM(nn.Module):
 
     def visual_tokens(self, features: torch.Tensor, boxes: torch.Tensor | None = None,
                       points: torch.Tensor | None = None,
-                      point_labels: torch.Tensor | None = None) -> torch.Tensor:
+                      point_labels: torch.Tensor | None = None,
+                      image_index: torch.Tensor | None = None) -> torch.Tensor:
         """Prompt-conditioned visual tokens.
 
         Args:
-            features: (B, C, h, w), one row per prompt (index f by image first).
+            features: (B, C, h, w), one row per prompt; or (B_img, C, h, w) with
+                ``image_index``.
             boxes: (B, 4) xyxy in [0, 1] (NaN rows: no box), or None.
             points: (B, N, 2) in [0, 1], or None.
             point_labels: (B, N) 1 positive, 0 negative, -1 padding.
+            image_index: (B,) image of each prompt row (the image's work is done once).
 
         Returns:
             (B, Q, D_lm) (``Q + h*w`` tokens with ``extractor.image_tokens``).
         """
-        coords, labels = pack_prompts(features.shape[0], boxes, points, point_labels,
-                                      device=features.device)
+        B = features.shape[0] if image_index is None else image_index.shape[0]
+        coords, labels = pack_prompts(B, boxes, points, point_labels, device=features.device)
         tokens = self.prompt_encoder(coords, labels)
         pe = self.prompt_encoder.dense_pe(*features.shape[-2:])
-        return self.extractor(features, tokens, pe)
+        return self.extractor(features, tokens, pe, image_index)
 
     def prefix(self, visual: torch.Tensor, prompt_ids: torch.Tensor | None = None,
                prompt_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,8 +164,7 @@ class PixelLLM(nn.Module):
         w = self.config.loss
         total: list[torch.Tensor] = []
         if labels is not None:
-            f = features if image_index is None else features[image_index]
-            visual = self.visual_tokens(f, boxes, points, point_labels)
+            visual = self.visual_tokens(features, boxes, points, point_labels, image_index)
             prefix, mask = self.prefix(visual, prompt_ids, prompt_mask)
             out.logits, hidden = self.language_model(prefix, mask, labels)
             has_targets = point_targets is not None and point_mask is not None

@@ -89,19 +89,26 @@ class PromptFeatureExtractor(nn.Module):
         self.num_queries = cfg.num_queries
 
     def forward(self, features: torch.Tensor, prompt_tokens: torch.Tensor,
-                dense_pe: torch.Tensor) -> torch.Tensor:
+                dense_pe: torch.Tensor, image_index: torch.Tensor | None = None) -> torch.Tensor:
         """Extract visual tokens.
 
         Args:
-            features: (B, C, h, w) image features.
+            features: (B, C, h, w) image features, one row per prompt; or (B_img, C, h, w)
+                with ``image_index``.
             prompt_tokens: (B, P, D) from the prompt encoder.
             dense_pe: (h * w, D) positional encoding of the grid.
+            image_index: (B,) image of each prompt: the input projection then runs once per
+                image, not once per prompt.
 
         Returns:
             (B, Q, D_lm) visual tokens, or (B, Q + h * w, D_lm) with ``image_tokens``.
         """
-        B = features.shape[0]
-        keys = self.input_proj(features).flatten(2).transpose(1, 2)          # (B, hw, D)
+        # contiguous: every later op reads the (hw, D) rows; a transposed view made each
+        # element-wise op and row gather of the two-way blocks several times slower.
+        keys = self.input_proj(features).flatten(2).transpose(1, 2).contiguous()  # (B_img, hw, D)
+        if image_index is not None:
+            keys = keys[image_index]                                          # (B, hw, D)
+        B = keys.shape[0]
         key_pe = dense_pe.to(keys.dtype).expand(B, -1, -1)                    # (B, hw, D)
         queries = torch.cat([prompt_tokens.to(keys.dtype),
                              self.queries.to(keys.dtype).expand(B, -1, -1)], dim=1)
