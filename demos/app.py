@@ -694,6 +694,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python demos/app.py [args]``: the same as ``pixelkit demo``."""
+    from pixelkit.runtime import retain_freed_memory
+
+    retain_freed_memory()  # as the pixelkit command does (pixelkit/runtime.py)
     parser = argparse.ArgumentParser(prog="pixelkit demo", description=__doc__.split("\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

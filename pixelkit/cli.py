@@ -98,6 +98,9 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pixelkit`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from pixelkit.runtime import retain_freed_memory
+
+    retain_freed_memory()  # batched passes stop faulting their buffers in again (runtime.py)
     if argv and argv[0] in _LIGHTNING_COMMANDS:
         # fit / validate / test belong to LightningCLI (its own --help, --config, overrides).
         from pixelkit.training import cli_main
