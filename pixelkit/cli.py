@@ -54,7 +54,7 @@ _DATA_COMMANDS: dict[str, tuple[str, str]] = {
 
 
 _LIGHTNING_COMMANDS = {
-    "fit": "train a stage: pixelkit fit --config configs/trace.yaml [--overrides]",
+    "fit": "train a stage: pixelkit fit --config trace (or a YAML file) [--overrides]",
     "validate": "validate a checkpoint: pixelkit validate --config ... --ckpt_path PATH",
     "test": "test a checkpoint: pixelkit test --config ... --ckpt_path PATH",
 }
@@ -113,10 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if run is None:
         parser.print_help()
         return 0 if not argv else 2
+    from pixelkit.optional import MissingDependency
+
     try:
         return int(run(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
-        # Bad input (config, file, argument): one clear line, no stack trace.
+    except (ValueError, FileNotFoundError, MissingDependency) as err:
+        # Bad input (config, file, argument) or a missing extra: one clear line, no trace.
         print(f"pixelkit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

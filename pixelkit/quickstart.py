@@ -5,7 +5,7 @@
     pixelkit quickstart --out outputs/quickstart
 
 1. writes the shapes world (``DIR/data``) in the real formats;
-2. trains caption -> trace -> refer -> densecap with the stage YAMLs of ``configs/`` run
+2. trains caption -> trace -> refer -> densecap with the packaged stage YAMLs (``pixelkit/configs/``) run
    through LightningCLI, each stage starting from the previous one's checkpoint (the YAMLs
    are resolved into ``DIR/configs`` with the paths of this run, so any stage can be re-run
    by hand with ``pixelkit fit --config DIR/configs/<stage>.yaml``);
@@ -29,13 +29,12 @@ from typing import Any
 import yaml
 
 STAGE_ORDER = ("caption", "trace", "refer", "densecap")
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SHAPES_ROOT = "data/shapes"  # the placeholder root of the stage YAMLs
 
 
 def resolve_stage_config(stage: str, out: Path, init_from: Path | None, *,
                          max_steps: int | None = None, smoke: bool = False) -> Path:
-    """Copy ``configs/<stage>.yaml`` into ``out/configs`` with this run's paths.
+    """Copy the packaged ``<stage>.yaml`` into ``out/configs`` with this run's paths.
 
     Args:
         stage: one of :data:`STAGE_ORDER`.
@@ -47,11 +46,9 @@ def resolve_stage_config(stage: str, out: Path, init_from: Path | None, *,
     Returns:
         The resolved YAML's path.
     """
-    src = CONFIG_DIR / f"{stage}.yaml"
-    if not src.is_file():
-        raise FileNotFoundError(f"stage config {src} not found (pixelkit must run from its "
-                                "repository checkout: pip install -e .)")
-    text = src.read_text().replace(SHAPES_ROOT, str(out / "data")).replace(
+    from pixelkit.training import resolve_config
+
+    text = resolve_config(stage).read_text().replace(SHAPES_ROOT, str(out / "data")).replace(
         "runs/", f"{out / 'runs'}/")
     cfg = yaml.safe_load(text)
     cfg["model"]["init_args"]["init_from"] = str(init_from) if init_from else None
@@ -66,7 +63,7 @@ def resolve_stage_config(stage: str, out: Path, init_from: Path | None, *,
         trainer["logger"] = [lg for lg in trainer["logger"] if "CSVLogger" in lg["class_path"]]
     dst = out / "configs" / f"{stage}.yaml"
     dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text(f"# resolved from configs/{stage}.yaml by pixelkit quickstart\n"
+    dst.write_text(f"# resolved from pixelkit/configs/{stage}.yaml by pixelkit quickstart\n"
                    + yaml.safe_dump(cfg, sort_keys=False))
     return dst
 

@@ -10,8 +10,8 @@ they do that is more than calling :class:`~pixelkit.Predictor`, :mod:`pixelkit.v
 * **data**: :func:`shapes_world` writes (or reuses) a shapes world, :func:`aligned_words`
   and :func:`trace_segments` show how a mouse trace becomes per-token targets,
   :func:`abridged` prints a real record without its long lists;
-* **training**: :func:`train_stage` runs one stage's YAML (``configs/<stage>.yaml`` for the
-  shapes world, ``configs/real/<stage>.yaml`` for the real datasets) through LightningCLI
+* **training**: :func:`train_stage` runs one stage's YAML (``pixelkit/configs/<stage>.yaml`` for the
+  shapes world, ``pixelkit/configs/real/<stage>.yaml`` for the real datasets) through LightningCLI
   in this process with the notebook's settings, :func:`train_chain` runs stages in turn,
   :func:`tour_checkpoint` gives the all-task checkpoint of notebook 01;
 * **looking at a run**: :class:`StageRun` (checkpoints, CSV history, validation samples),
@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pixelkit.optional import require
 
 __all__ = [
     "GPUS",
@@ -85,18 +87,19 @@ STAGES = ("caption", "trace", "refer", "densecap")
 
 
 def repo_root() -> Path:
-    """The pixelkit checkout (the folder with ``configs/`` and ``pyproject.toml``).
+    """The pixelkit checkout (the folder with ``notebooks/`` and ``pyproject.toml``).
 
-    pixelkit is installed editable (``pip install -e .``), so the package's parent is the
-    checkout, wherever the notebook's working directory is.
+    The tutorials run from a checkout with pixelkit installed editable (``make setup`` or
+    ``pip install -e .``), so the package's parent is the checkout, wherever the notebook's
+    working directory is.
 
     Raises:
-        FileNotFoundError: pixelkit is not run from a checkout (no ``configs/`` beside it).
+        FileNotFoundError: pixelkit is not run from a checkout (no ``notebooks/`` beside it).
     """
     root = Path(__file__).resolve().parents[1]
-    if not (root / "configs").is_dir():
-        raise FileNotFoundError(f"{root} has no configs/: the tutorials need a pixelkit "
-                                "checkout installed with `pip install -e .`")
+    if not (root / "notebooks").is_dir() or not (root / "pyproject.toml").is_file():
+        raise FileNotFoundError(f"{root} is not a pixelkit checkout: the tutorials need one, "
+                                "installed with `make setup` (or `pip install -e .`)")
     return root
 
 
@@ -446,7 +449,9 @@ def stage_config(stage: str, out: Path, *, data: Path, name: str | None = None,
 
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
-    src = repo_root() / "configs" / ("real" if real else "") / f"{stage}.yaml"
+    from pixelkit.training import resolve_config
+
+    src = resolve_config(f"real/{stage}" if real else stage)
     cfg = yaml.safe_load(src.read_text())
     name = name or stage
     run_dir = Path(out).resolve() / "runs" / name
@@ -578,7 +583,7 @@ def train_stage(stage: str, out: Path, *, data: Path, name: str | None = None,
     cfg = stage_config(stage, out, data=data, name=name, **settings)
     path = Path(out).resolve() / "configs" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# resolved from configs/{'real/' if settings.get('real') else ''}"
+    path.write_text(f"# resolved from pixelkit/configs/{'real/' if settings.get('real') else ''}"
                     f"{stage}.yaml by pixelkit.tutorial.train_stage\n"
                     + yaml.safe_dump(cfg, sort_keys=False))
     run_dir = Path(cfg["trainer"]["default_root_dir"])
@@ -908,7 +913,7 @@ def run_study(param: str, values: Sequence[Any], *, stage: str, out: Path, data:
 
 def study_table(runs: Sequence[StageRun], keys: Sequence[str]) -> Any:
     """A pandas DataFrame: one row per run, its name, steps, seconds and final ``keys``."""
-    import pandas as pd
+    pd = require("pandas", "tutorial tables")
 
     rows = []
     for r in runs:
@@ -1023,7 +1028,7 @@ def gpu_fit_table(configs: Mapping[str, Any], precision: str = "bf16-mixed",
         precision: the trainer precision.
         gpus: name -> GiB (default :data:`GPUS`).
     """
-    import pandas as pd
+    pd = require("pandas", "tutorial tables")
 
     gpus = gpus or GPUS
     rows = []

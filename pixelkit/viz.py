@@ -14,7 +14,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from pixelkit.optional import require
+
 Box = Sequence[float]
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no window): the ``plots`` extra."""
+    matplotlib = require("matplotlib", "plots (loss curves, study plots, the report)")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def word_colours(n: int) -> list[tuple[int, int, int]]:
@@ -150,10 +161,7 @@ def loss_curves(csv_files: dict[str, Path | str], out: Path | str,
     """
     import csv
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
     offset = 0
@@ -247,8 +255,7 @@ def draw_refer(image: Image.Image | np.ndarray, pred_box: Box, gt_box: Box | Non
 
 def heat_colours(values: np.ndarray) -> np.ndarray:
     """``(h, w)`` values in [0, 1] -> ``(h, w, 3)`` uint8 (matplotlib's "inferno")."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "heat maps (pixelkit.viz.heat_colours)")
     cmap = matplotlib.colormaps["inferno"]
     return (cmap(np.clip(np.asarray(values, np.float64), 0, 1))[..., :3] * 255).astype(np.uint8)
 
@@ -353,10 +360,7 @@ def study_plot(runs: dict[str, Path | str], finals: dict[str, float], out: Path 
     """
     import csv
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     for label, path in runs.items():

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _servers import free_port, start, stop, wait_until_serving
 from PIL import Image
 
 from pixelkit import PixelLLM, PixelLLMConfig, Predictor
 from pixelkit.checkpoint import save_model
 from pixelkit.decoding import DecodeOptions
-from pixelkit.demo import app_module
+from pixelkit.demo import app
 
 ROOT = Path(__file__).resolve().parents[1]
-app = app_module()
 
 
 @pytest.fixture(scope="module")
@@ -248,18 +247,12 @@ def test_without_a_checkpoint_it_says_how_to_make_one(tmp_path, capsys) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_eight_concurrent_clients(predictor, examples, tmp_path) -> None:
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
     demo, _ = app.build_app(predictor, examples, max_pixels=100 * 100)
-    port = _free_port()
+    port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         url = f"http://127.0.0.1:{port}/"
@@ -342,6 +335,37 @@ def _image_rect(shot: bytes) -> tuple[int, int, int, int]:
     return x0, y0, x1, y1
 
 
+def _editor_picture(page) -> np.ndarray:
+    """The picture inside the region editor, as pixels (the canvas, cut to the image)."""
+    shot = page.locator("#editor").screenshot()
+    x0, y0, x1, y1 = _image_rect(shot)
+    return np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"), int)[y0:y1, x0:x1]
+
+
+def _editor_image_rect(page, changed_from: np.ndarray | None = None,
+                       limit_s: float = 300.0) -> tuple[int, int, int, int]:
+    """Where the editor shows its picture, once it shows it: polled, not a fixed sleep.
+
+    Ready means a square picture of a plausible size, the same in two screenshots in a
+    row, and (``changed_from``) different from the previous example's picture.
+    """
+    deadline, last = time.monotonic() + limit_s, None
+    while time.monotonic() < deadline:
+        shot = page.locator("#editor").screenshot()
+        rect = _image_rect(shot)
+        w, h = rect[2] - rect[0], rect[3] - rect[1]
+        ready = w > 64 and abs(w - h) <= 3 and rect == last
+        if ready and changed_from is not None:
+            pic = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"), int)
+            pic = pic[rect[1]:rect[3], rect[0]:rect[2]]
+            ready = pic.shape != changed_from.shape or np.abs(pic - changed_from).mean() > 1
+        if ready:
+            return rect
+        last = rect
+        page.wait_for_timeout(200)  # one poll interval, not a guess at readiness
+    pytest.fail(f"the region editor did not show its picture within {limit_s:.0f} s")
+
+
 def _json(page, elem_id: str) -> dict:
     """A gr.JSON output's value, read from its text (line numbers are CSS, not text)."""
     text = page.locator(f"#{elem_id}").inner_text()
@@ -364,25 +388,13 @@ def test_browser_end_to_end(model, tmp_path) -> None:
                           trained_on=["nothing"])
     shots = Path(os.environ.get("PIXELKIT_ARTIFACTS", ROOT / "test-artifacts")) / "demo"
     shots.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port, log = free_port(), tmp_path / "demo.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "pixelkit", "demo", "--ckpt", str(ckpt),
-                               "--port", str(port), "--examples", "3"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = start([sys.executable, "-m", "pixelkit", "demo", "--ckpt", str(ckpt),
+                    "--port", str(port), "--examples", "3"], log, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
-        import urllib.request
-
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url, timeout=1)
-                break
-            except OSError:
-                if server.poll() is not None:
-                    pytest.fail(f"pixelkit demo exited: {server.stdout.read()}")
-                time.sleep(0.5)
-        else:
-            pytest.fail("pixelkit demo did not start in 120 s")
+        wait_until_serving(url, server, log)  # by readiness, however loaded the machine is
         # The example images are the shapes world's val split; their first object's box.
         from pixelkit.data.synth import sample_scene, scene_rng, split_sizes
 
@@ -426,8 +438,7 @@ def test_browser_end_to_end(model, tmp_path) -> None:
             # 2. Region caption: drag a box around the first object.
             page.get_by_role("tab", name="Region caption").click()
             editor = page.locator("#editor canvas").first
-            page.wait_for_timeout(1500)
-            rect = _image_rect(page.locator("#editor").screenshot())
+            rect = _editor_image_rect(page)
             ebox = page.locator("#editor").bounding_box()
             sx = (rect[2] - rect[0]) / 64
             sy = (rect[3] - rect[1]) / 64
@@ -442,6 +453,7 @@ def test_browser_end_to_end(model, tmp_path) -> None:
             for t in np.linspace(0, 1, 12)[1:]:
                 page.mouse.move(*screen(x0 + t * (x1 - x0), y0 + t * (y1 - y0)))
             page.mouse.up()
+            editor_shot = _editor_picture(page)
             page.click("#region-btn")
             page.wait_for_selector("#region-text .token[style*='background-color']")
             page.wait_for_selector("#region-img img")
@@ -454,11 +466,10 @@ def test_browser_end_to_end(model, tmp_path) -> None:
 
             # ... and click a point on the object instead (a fresh example clears the strokes).
             page.locator("#examples tbody tr").nth(1).click()
-            page.wait_for_timeout(1500)
             page.get_by_text("points (click").click()
             scene2 = sample_scene(scene_rng(0, first + 1), 64, 3)
             cx, cy = np.mean(np.reshape(scene2.objects[0].gt_box, (2, 2)), axis=0)
-            rect = _image_rect(page.locator("#editor").screenshot())
+            rect = _editor_image_rect(page, changed_from=editor_shot)
             ebox = page.locator("#editor").bounding_box()
             sx, sy = (rect[2] - rect[0]) / 64, (rect[3] - rect[1]) / 64
             page.mouse.click(*screen(cx, cy))
@@ -495,8 +506,4 @@ def test_browser_end_to_end(model, tmp_path) -> None:
                 expect(page.locator("#dense-table")).to_contain_text(caption[:40])
             browser.close()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)

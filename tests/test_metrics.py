@@ -16,21 +16,28 @@ import torch
 
 import pixelkit.eval.densecap as densecap_module
 from pixelkit.eval import (
-    MeteorScorer,
     box_iou_pairs,
-    caption_scores,
     densecap_average_precision,
     densecap_map,
-    exact_match,
     mask_iou_scores,
     merge_ground_truths,
-    meteor_scores,
-    normalize_text,
     pointing_accuracy,
-    ptb_tokenize,
     refer_accuracy,
     trace_l1,
 )
+from pixelkit.optional import available
+
+if available("pycocoevalcap"):  # the metrics extra; its tests are marked `extra`
+    from pixelkit.eval import (
+        MeteorScorer,
+        caption_scores,
+        exact_match,
+        meteor_scores,
+        normalize_text,
+        ptb_tokenize,
+    )
+
+needs_metrics = pytest.mark.extra("pycocoevalcap")
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +142,7 @@ def test_trace_l1_and_pointing():
 # --------------------------------------------------------------------- exact match
 
 
+@needs_metrics
 def test_exact_match_normalisation():
     assert normalize_text("  A Red-Circle,\tplease! ") == "a red circle please"
     preds = {"1": "A red circle.", 2: "blue  square", 3: "green"}
@@ -184,6 +192,7 @@ def _random_caption_set(rng: random.Random, n: int) -> tuple[dict, dict]:
     return preds, refs
 
 
+@needs_metrics
 def test_caption_scores_equal_pycocoevalcap(meteor_scorer):
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -231,6 +240,7 @@ def test_caption_scores_equal_pycocoevalcap(meteor_scorer):
     }
 
 
+@needs_metrics
 def test_meteor_scorer_survives_a_dead_jvm():
     # pycocoevalcap's Meteor leaves its lock held when compute_score fails, and its
     # __del__ then deadlocks; ours must raise a clear error and clean up.
@@ -375,6 +385,7 @@ def test_densecap_no_fallback_to_unused_ground_truth():
     assert out["mAP_detection"] == pytest.approx(0.17, abs=1e-12)
 
 
+@needs_metrics
 def test_densecap_real_meteor(meteor_scorer, monkeypatch):
     # METEOR 1.5 of an identical caption is well above 0.25 (~0.5 for four words: the
     # fragmentation penalty never vanishes), of a caption sharing no word it is 0.

@@ -65,7 +65,9 @@ def _execute(nb: nbformat.NotebookNode, env: dict[str, str], monkeypatch: pytest
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    # startup_timeout: a kernel imports slowly on a loaded machine (nbclient's default: 60 s).
+    client = NotebookClient(nb, timeout=timeout, startup_timeout=CELL_TIMEOUT_S,
+                            kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
     client.execute()
     return nb
@@ -81,7 +83,7 @@ def test_kernel_is_this_interpreter(kernel_env: dict[str, str],
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
         "import os, sys; print(sys.executable); print(os.getcwd()); "
         "print(os.environ['PIXELKIT_SMOKE'])")])
-    _execute(nb, kernel_env, monkeypatch, timeout=120)
+    _execute(nb, kernel_env, monkeypatch)
     exe, cwd, smoke = nb.cells[0].outputs[0]["text"].split()
     assert Path(exe).resolve() == Path(sys.executable).resolve()
     assert Path(cwd).resolve() == NOTEBOOK_DIR.resolve() and smoke == "1"

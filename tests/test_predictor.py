@@ -84,15 +84,47 @@ def test_box_prompt_goes_in_as_the_model_frame(model, predictor, monkeypatch, si
     assert torch.isnan(spy.calls[-1]["boxes"]).all()  # whole image: the default prompt
 
 
+def _force_words(model: PixelLLM, predictor: Predictor, monkeypatch: pytest.MonkeyPatch,
+                 text: str) -> None:
+    """Make the LM emit ``text`` then EOS, whatever its random weights would say (the
+    tests about frames need words to locate, not a trained model)."""
+    lm = model.language_model
+    ids = predictor.tokenizer(text, add_special_tokens=False)["input_ids"] + [lm.eos_id]
+    t = {"step": 0}
+
+    def forced(logits: torch.Tensor) -> torch.Tensor:
+        wanted = ids[min(t["step"], len(ids) - 1)]
+        t["step"] += 1
+        out = torch.full_like(logits, -1e4)
+        out[:, wanted] = 0.0
+        return out
+
+    start, step = lm.start, lm.step
+
+    def forced_start(*args, **kwargs):
+        t["step"] = 0
+        logits, hidden, state = start(*args, **kwargs)
+        return forced(logits), hidden, state
+
+    def forced_step(*args, **kwargs):
+        logits, hidden = step(*args, **kwargs)
+        return forced(logits), hidden
+
+    monkeypatch.setattr(lm, "start", forced_start)
+    monkeypatch.setattr(lm, "step", forced_step)
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_predicted_locations_come_back_in_pixels(model, predictor, monkeypatch, size) -> None:
     W, H = size
+    _force_words(model, predictor, monkeypatch, "a red circle")
     # Corners given in the "wrong" order (x1 < x0): the result is an ordered box.
     _Spy(model, monkeypatch, points=(0.3, 0.2, 0.1, 0.35))
     predictor.set_image(_image(W, H))
     expected = from_model_boxes(np.array([[0.1, 0.2, 0.3, 0.35]]), (W, H))[0]
     cap = predictor.caption()
-    assert len(cap.words) == len(cap.points) == len(cap.boxes) > 0
+    assert cap.words == ["a", "red", "circle"]
+    assert len(cap.points) == len(cap.boxes) == 3
     for box, point in zip(cap.boxes, cap.points):
         np.testing.assert_allclose(box, expected, atol=1e-4)
         np.testing.assert_allclose(point, [(expected[0] + expected[2]) / 2,

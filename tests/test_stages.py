@@ -15,9 +15,8 @@ from pixelkit.data.datamodule import PixelDataModule, shapes_sources
 from pixelkit.data.synth import synthesize
 from pixelkit.stages import (STAGES, CaptionPretraining, DenseCaptioning, PixelLLMStage,
                              ReferringTraining, TraceTraining)
-from pixelkit.training import cli_main
+from pixelkit.training import cli_main, packaged_configs, resolve_config
 
-REPO = Path(__file__).resolve().parents[1]
 STAGE_TASKS = {"caption": ["caption", "loca_caption"], "trace": ["trace", "caption"],
                "refer": ["refer", "trace"], "densecap": ["densecap", "refer"]}
 
@@ -149,12 +148,26 @@ def test_two_process_ddp_ends_with_identical_weights(world, tmp_path) -> None:
     assert changed > 10  # they trained (different data per rank), and stayed in sync
 
 
-@pytest.mark.parametrize("path", sorted(p.relative_to(REPO).as_posix()
-                                        for p in (REPO / "configs").rglob("*.yaml")))
-def test_every_config_parses_against_the_stage_signatures(path) -> None:
-    cli = cli_main(["--config", str(REPO / path)], run=False, instantiate=False)
+@pytest.mark.parametrize("name", packaged_configs())
+def test_every_config_parses_against_the_stage_signatures(name) -> None:
+    cli = cli_main(["--config", name], run=False, instantiate=False)
     cfg = cli.config
     assert cfg.model.class_path.startswith("pixelkit.stages.")
     cls = cfg.model.class_path.rsplit(".", 1)[1]
     assert issubclass(getattr(__import__("pixelkit.stages", fromlist=[cls]), cls), PixelLLMStage)
     assert cfg.data.train, "a stage config needs training sources"
+
+
+def test_config_names_resolve_to_the_packaged_files(tmp_path) -> None:
+    names = packaged_configs()
+    assert {"caption", "trace", "refer", "densecap", "real/trace"} <= set(names)
+    trace = resolve_config("trace")
+    assert trace.is_file() and trace.parent.name == "configs"
+    # the repository path of earlier versions and the file name name the same config
+    assert resolve_config("configs/trace.yaml") == resolve_config("trace.yaml") == trace
+    assert resolve_config("real/trace") == trace.parent / "real" / "trace.yaml"
+    own = tmp_path / "trace.yaml"  # a file wins over a packaged name
+    own.write_text(trace.read_text())
+    assert resolve_config(own) == own
+    with pytest.raises(FileNotFoundError, match="packaged: .*real/refer"):
+        resolve_config("traec")

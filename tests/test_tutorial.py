@@ -35,7 +35,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_paths(tmp_path: Path) -> None:
     root = tut.repo_root()
-    assert (root / "configs" / "trace.yaml").is_file() and (root / "pyproject.toml").is_file()
+    assert (root / "notebooks").is_dir() and (root / "pyproject.toml").is_file()
     out = tut.output_dir("03_x")
     assert out == tmp_path / "nb" / "03_x" and out.is_dir()
     assert tut.quickstart_checkpoint(tmp_path) is None

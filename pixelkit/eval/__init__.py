@@ -10,19 +10,14 @@ Boxes at this boundary are ``xyxy`` in pixels of the original image.
   PixelLLM evaluator).
 * Traces: :func:`trace_l1`, :func:`pointing_accuracy`.
 
-The caption metrics and the real METEOR of :func:`densecap_map` need Java on PATH.
+The caption metrics and the real METEOR of :func:`densecap_map` need pycocoevalcap (the
+``metrics`` extra) and Java on PATH; :mod:`pixelkit.eval.caption` is imported on first use
+of one of its names, so the box, mask and trace metrics work without them.
 """
 
+from typing import Any
+
 from pixelkit.eval.boxes import as_boxes, box_iou_matrix, box_iou_pairs, refer_accuracy
-from pixelkit.eval.caption import (
-    CAPTION_METRICS,
-    MeteorScorer,
-    caption_scores,
-    exact_match,
-    meteor_scores,
-    normalize_text,
-    ptb_tokenize,
-)
 from pixelkit.eval.densecap import (
     DENSECAP_IOU_THRESHOLDS,
     DENSECAP_METEOR_THRESHOLDS,
@@ -65,3 +60,15 @@ __all__ = [
     "refer_accuracy",
     "trace_l1",
 ]
+
+#: Names of :mod:`pixelkit.eval.caption` (pycocoevalcap), imported when first asked for.
+_CAPTION_NAMES = {"CAPTION_METRICS", "MeteorScorer", "caption_scores", "exact_match",
+                  "meteor_scores", "normalize_text", "ptb_tokenize"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CAPTION_NAMES:
+        from pixelkit.eval import caption
+
+        return getattr(caption, name)
+    raise AttributeError(f"module 'pixelkit.eval' has no attribute {name!r}")

@@ -49,6 +49,11 @@ from collections.abc import Hashable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from pixelkit.optional import require
+
+# pycocoevalcap is the ``metrics`` extra: this module is imported only when a caption metric
+# is asked for (``pixelkit.eval`` loads it lazily), and then says how to install it.
+require("pycocoevalcap", "the caption metrics (CIDEr, METEOR, BLEU-4, ROUGE-L)")
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor

@@ -67,7 +67,6 @@ import numpy as np
 import torch
 
 from pixelkit.eval.boxes import as_boxes, box_iou_matrix
-from pixelkit.eval.caption import meteor_scores
 
 __all__ = [
     "DENSECAP_IOU_THRESHOLDS",
@@ -100,6 +99,18 @@ class MergedGroundTruths(NamedTuple):
     references: list[list[str]]
     members: list[list[int]]
 
+
+
+def meteor_scores(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> list[float]:
+    """METEOR 1.5 of each (caption, references) pair: the default ``meteor_fn``.
+
+    :func:`pixelkit.eval.caption.meteor_scores`, imported on first use: it needs
+    pycocoevalcap (the ``metrics`` extra) and Java, which the detection-only part of the
+    metric does not.
+    """
+    from pixelkit.eval.caption import meteor_scores as scores
+
+    return scores(candidates, references)
 
 def _as_caption_list(captions: Any, name: str) -> list[list[str]]:
     """Each entry a str (one reference) or a list of str (several references)."""

@@ -61,6 +61,13 @@ from pixelkit.modeling.hub_configs import known_config
 
 IGNORE_INDEX = -100
 
+# T5Block's cache argument across the supported transformers versions: 5.0 takes
+# ``past_key_values`` and ``cache_position`` (and computes the cross-attention query length
+# from the latter); later 5.x take ``cache`` (``past_key_values`` still accepted, deprecated).
+_T5_BLOCK_PARAMS = inspect.signature(T5Block.forward).parameters
+_T5_BLOCK_CACHE_ARG = "cache" if "cache" in _T5_BLOCK_PARAMS else "past_key_values"
+_T5_BLOCK_TAKES_CACHE_POSITION = "cache_position" in _T5_BLOCK_PARAMS
+
 
 def resolve_lm_config(cfg: LanguageModelConfig, vocab_size: int | None = None) -> PretrainedConfig:
     """The Hugging Face config of the LM: ``arch`` if given, else the built-in table, else
@@ -318,9 +325,11 @@ class LanguageModel(nn.Module):
         self_bias = state.self_bias[:, :, t:t + 1, :t + 1].contiguous()
         memory = state.encoder_outputs.last_hidden_state
         hidden = dec.dropout(dec.embed_tokens(ids))
+        cache = {_T5_BLOCK_CACHE_ARG: state.cache}
+        if _T5_BLOCK_TAKES_CACHE_POSITION:  # transformers < 5.x reads the query length from it
+            cache["cache_position"] = torch.tensor([t], device=ids.device)
         for block in dec.block:
-            hidden = block(hidden, None, self_bias, memory, None, state.cross_bias,
-                           past_key_values=state.cache)[0]
+            hidden = block(hidden, None, self_bias, memory, None, state.cross_bias, **cache)[0]
         hidden = dec.dropout(dec.final_layer_norm(hidden))
         state.length = t + 1
         out = hidden * base.model_dim ** -0.5 if base.config.scale_decoder_outputs else hidden
