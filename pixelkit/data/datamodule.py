@@ -232,11 +232,15 @@ class PixelDataModule(L.LightningDataModule):
                  alignment: str = "text", max_text_length: int = 48,
                  point_prompt_prob: float = 0.2, box_jitter: float = 0.1, max_regions: int = 6,
                  val_limit: int | None = 256, seed: int = 0) -> None:
+        # Every argument, named explicitly: under LightningCLI, Lightning 2.5's
+        # save_hyperparameters() takes the config's values, which leave out the arguments
+        # linked from the model (image_size, tokenizer).
+        hparams = {k: v for k, v in locals().items() if k not in ("self", "train", "val", "__class__")}
         super().__init__()
         self.train_sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in train]
         self.val_sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in val or []]
         # Checkpoints hold plain values only (they are read with weights_only=True).
-        self.save_hyperparameters(ignore=["train", "val"])
+        self.save_hyperparameters(hparams)
         self.hparams.update(train=[dataclasses.asdict(s) for s in self.train_sources],
                             val=[dataclasses.asdict(s) for s in self.val_sources])
         if not self.train_sources:
