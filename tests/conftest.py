@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import struct
+import zlib
+from collections.abc import Callable
 
 # No network in tests: hub lookups fail fast, W&B writes locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -51,6 +54,27 @@ def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():
         raise FileNotFoundError(f"real-data fixtures not found at {FIXTURES} (../shared missing?)")
     return FIXTURES
+
+
+@pytest.fixture
+def png_header() -> Callable[[Path, tuple[int, int]], Path]:
+    """Writes a PNG whose header declares a size (width, height) over almost no pixel
+    data: the shape of a decompression bomb, without the memory cost of a real one."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    def write(path: Path, size: tuple[int, int]) -> Path:
+        ihdr = struct.pack(">IIBBBBB", size[0], size[1], 8, 2, 0, 0, 0)
+        idat = zlib.compress(b"\0" * 16)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(
+            b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+        )
+        return path
+
+    return write
 
 
 @pytest.fixture

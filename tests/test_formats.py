@@ -7,7 +7,9 @@ import copy
 import json
 import os
 import pickle
+import re
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,14 @@ from PIL import Image
 
 from pixelkit.data.formats import (
     FORMATS,
+    BombImageError,
     DataFormatError,
+    DuplicateIdError,
     MissingImageError,
+    TruncatedImageError,
     UnsafePickleError,
     ZeroAreaBoxError,
+    decode_image,
     detect_and_load,
     detect_format,
     load_plain_pickle,
@@ -615,9 +621,10 @@ def test_ln_image_pattern_and_sizes(tmp_path: Path) -> None:
 
 def test_ln_bad_lines(tmp_path: Path) -> None:
     make_image(tmp_path / "42.jpg", (64, 64))
-    bad_point = _ln_record()
+    # Other annotators' narratives: a repeat of line 1's would be a duplicate first.
+    bad_point = _ln_record(annotator_id=2)
     bad_point["traces"][0][1]["x"] = "0.3"
-    bad_time = _ln_record()
+    bad_time = _ln_record(annotator_id=3)
     bad_time["timed_caption"][1]["start_time"] = None
     lines = [
         json.dumps(_ln_record()),
@@ -699,3 +706,407 @@ def test_synth_world_reads_through_every_reader(tmp_path: Path) -> None:
         "grit",
     }
     assert set(FORMATS) >= seen
+
+
+# --------------------------------------------------------------------------- hostile inputs
+
+
+@pytest.mark.parametrize(
+    "size",
+    [(100_000, 100_000), (10_000, 10_000)],
+    ids=["over-twice-the-limit (PIL error)", "over-the-limit (PIL warning)"],
+)
+def test_decompression_bomb_header_is_a_record_error(
+    tmp_path: Path, size: tuple[int, int], png_header: Callable[..., Path]
+) -> None:
+    # 10000 x 10000 is over Image.MAX_IMAGE_PIXELS (~89 M), where PIL only warns.
+    png_header(tmp_path / "images" / "7.png", size)
+    make_image(tmp_path / "images" / "8.png", (50, 50))
+    region = {"region_id": 1, "phrase": "a cat", "x": 1, "y": 1, "width": 5, "height": 5}
+    path = write_json(
+        tmp_path / "region_descriptions.json",
+        [{"id": 7, "regions": [region]}, {"id": 8, "regions": [{**region, "region_id": 2}]}],
+    )
+    images = tmp_path / "images"
+    with pytest.raises(BombImageError) as err:
+        read_vg_regions(path, images, image_pattern="{id}.png")
+    message = str(err.value)
+    assert message.startswith(f"{path}#0: image file {images / '7.png'}") and "bomb" in message
+    samples, report = read_vg_regions(path, images, strict=False, image_pattern="{id}.png")
+    assert [s.image_id for s in samples] == [8] and report.counts["bomb_images"] == 1
+
+    # The same through COCO's check_images and Localized Narratives' size lookup.
+    coco = _instances([[1, 1, 5, 5]], size=size)
+    coco["images"][0]["file_name"] = "7.png"
+    coco_path = write_json(tmp_path / "instances_bomb.json", coco)
+    with pytest.raises(
+        BombImageError, match=r"instances_bomb\.json#images\[0\]: image file .*7\.png"
+    ):
+        read_coco_instances(coco_path, images, check_images=True)
+    ln_path = write_jsonl(tmp_path / "ln.jsonl", [_ln_record("7")])
+    _, report = read_localized_narratives(ln_path, images, strict=False)
+    assert report.counts == {"bomb_images": 1} and f"{ln_path}:1: image file" in report.errors[0]
+
+
+HUGE = "9" * 400
+
+
+@pytest.mark.parametrize(
+    ("field", "place", "words"),
+    [
+        ("bbox[2]", lambda d: d["annotations"][0]["bbox"], "too large for a number"),
+        ("width", lambda d: d["images"][0], "too large for a number"),
+        ("id", lambda d: d["images"][0], "beyond 64 bits"),
+        ("image_id", lambda d: d["annotations"][0], "beyond 64 bits"),
+        ("category_id", lambda d: d["annotations"][0], "beyond 64 bits"),
+    ],
+)
+def test_400_digit_numbers_in_coco(
+    tmp_path: Path, field: str, place: Callable[[Any], Any], words: str
+) -> None:
+    data = _instances([[1, 1, 5, 5], [2, 2, 5, 5]])
+    target = place(data)
+    key = field.split("[")[0]
+    if key == "bbox":
+        target[2] = "HUGE"
+    else:
+        target[key] = "HUGE"
+    path = tmp_path / "instances_huge.json"
+    path.write_text(json.dumps(data).replace('"HUGE"', HUGE))
+    with pytest.raises(
+        DataFormatError,
+        match=rf"instances_huge\.json#\w+\[0\]: field '{re.escape(field)}'.*{words}",
+    ):
+        read_coco_instances(path)
+    _, report = read_coco_instances(path, strict=False)
+    assert report.skipped >= 1 and words in report.errors[0]
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda r: r["traces"][0][1].update(t="HUGE"), "traces[0][1].t"),
+        (lambda r: r["traces"][1][0].update(x="HUGE"), "traces[1][0].x"),
+        (lambda r: r["timed_caption"][0].update(start_time="HUGE"), "timed_caption[0].start_time"),
+    ],
+)
+def test_400_digit_numbers_in_ln(tmp_path: Path, edit: Callable[[Any], Any], field: str) -> None:
+    record = _ln_record()
+    edit(record)
+    path = tmp_path / "ln.jsonl"
+    path.write_text(
+        json.dumps(_ln_record("1")) + "\n" + json.dumps(record).replace('"HUGE"', HUGE) + "\n"
+    )
+    sizes = {"1": (10, 10), "42": (10, 10)}
+    with pytest.raises(
+        DataFormatError, match=rf"ln\.jsonl:2: field '{re.escape(field)}' is too large"
+    ):
+        read_localized_narratives(path, image_sizes=sizes)
+    samples, report = read_localized_narratives(path, image_sizes=sizes, strict=False)
+    assert len(samples) == 1 and report.skipped == 1
+
+
+def test_400_digit_numbers_in_vg_and_mdetr(tmp_path: Path) -> None:
+    region = {"region_id": 1, "phrase": "a cat", "x": "HUGE", "y": 1, "width": 5, "height": 5}
+    path = tmp_path / "region_descriptions.json"
+    path.write_text(json.dumps([{"id": 7, "regions": [region]}]).replace('"HUGE"', HUGE))
+    with pytest.raises(DataFormatError, match=r"#0\.regions\[0\]: field 'x' is too large"):
+        read_vg_regions(path, image_sizes={7: (50, 50)})
+
+    mdetr = _mdetr_file(tmp_path)
+    mdetr.write_text(
+        mdetr.read_text().replace('"original_id": 581857', f'"original_id": {HUGE}', 1)
+    )
+    with pytest.raises(
+        DataFormatError, match=r"#images\[0\]: field 'original_id' is an integer id beyond 64 bits"
+    ):
+        read_mdetr_refcoco(mdetr)
+    samples, report = read_mdetr_refcoco(mdetr, strict=False)
+    assert len(samples) == 2 and report.skipped == 1
+
+
+def test_400_digit_image_id_finds_no_file(tmp_path: Path) -> None:
+    # A 400-digit id gives a 412-character file name: "not found", not an OSError
+    # (the file name is too long for the file system).
+    path = write_jsonl(tmp_path / "ln.jsonl", [_ln_record(HUGE)])
+    with pytest.raises(MissingImageError, match=r"ln\.jsonl:1: image for image_id '9999"):
+        read_localized_narratives(path, tmp_path)
+    # A digit that int() refuses ("²") is just not a numeric id.
+    path = write_jsonl(tmp_path / "ln.jsonl", [_ln_record("12\u00b2")])
+    with pytest.raises(MissingImageError, match="not in image_sizes"):
+        read_localized_narratives(path, image_sizes={})
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def test_deeply_nested_json_file(tmp_path: Path) -> None:
+    path = tmp_path / "instances_deep.json"
+    path.write_text('{"images": [], "annotations": ' + DEEP + "}")
+    with pytest.raises(DataFormatError, match=r"instances_deep\.json: JSON nested too deeply"):
+        read_coco_instances(path)
+    with pytest.raises(DataFormatError, match=r"instances_deep\.json: JSON nested too deeply"):
+        detect_format(path)
+    # An integer of more digits than Python converts is the file's error too.
+    path.write_text('{"images": [], "annotations": [' + "7" * 5000 + "]}")
+    with pytest.raises(DataFormatError, match=r"instances_deep\.json: not readable JSON \(Exceeds"):
+        read_any(path)
+
+
+def test_deeply_nested_jsonl_line_is_that_lines_error(tmp_path: Path) -> None:
+    path = tmp_path / "ln.jsonl"
+    lines = [json.dumps(_ln_record()), DEEP, "[" + "7" * 5000 + "]", json.dumps(_ln_record("43"))]
+    path.write_text("\n".join(lines) + "\n")
+    sizes = {"42": (10, 10), "43": (10, 10)}
+    assert detect_format(path) == "localized_narratives"
+    with pytest.raises(DataFormatError, match=r"ln\.jsonl:2: JSON nested too deeply"):
+        read_localized_narratives(path, image_sizes=sizes)
+    samples, report = read_localized_narratives(path, image_sizes=sizes, strict=False)
+    assert [s.image_id for s in samples] == ["42", "43"] and report.skipped == 2
+    assert report.errors[0].startswith(f"{path}:2: JSON nested too deeply")
+    assert report.errors[1].startswith(f"{path}:3: not readable JSON")
+    # A line of JSON that is merely nested (not past the parser's limit) in a field: the
+    # message stays short.
+    path.write_text(json.dumps(_ln_record(caption=json.loads("[" * 500 + "]" * 500))) + "\n")
+    with pytest.raises(
+        DataFormatError, match=r"ln\.jsonl:1: field 'caption' must be a string, got \[\[\["
+    ) as err:
+        read_localized_narratives(path, image_sizes=sizes)
+    assert len(str(err.value)) < 200
+
+
+# --------------------------------------------------------------------------- duplicate ids
+
+
+def test_duplicate_annotation_id_keeps_the_first(tmp_path: Path) -> None:
+    data = _instances([[1, 1, 5, 5], [20, 20, 5, 5], [40, 40, 5, 5]])
+    data["annotations"][2]["id"] = data["annotations"][0]["id"]  # id 10 twice
+    path = write_json(tmp_path / "instances_dup.json", data)
+    with pytest.raises(DuplicateIdError) as err:
+        read_coco_instances(path)
+    assert str(err.value) == (
+        f"{path}#annotations[2]: field 'id': duplicate annotation id 10 "
+        f"(first at {path}#annotations[0], which is kept)"
+    )
+    (s,), report = read_coco_instances(path, strict=False)
+    assert s.extra["ann_ids"] == [10, 11] and report.records == 2 and report.skipped == 1
+    np.testing.assert_allclose(s.boxes[0], [1, 1, 6, 6])
+    assert report.counts == {"duplicate_annotation_ids": 1}
+
+
+def test_duplicate_category_id_keeps_the_first_name(tmp_path: Path) -> None:
+    data = _instances([[1, 1, 5, 5]])
+    data["categories"].append({"id": 1, "name": "square"})
+    path = write_json(tmp_path / "instances_dup.json", data)
+    with pytest.raises(
+        DataFormatError, match=r"#categories\[1\]: field 'id': duplicate category id 1"
+    ):
+        read_coco_instances(path)
+    (s,), report = read_coco_instances(path, strict=False)
+    assert s.box_texts == ["circle"] and report.counts == {"duplicate_category_ids": 1}
+
+
+def test_duplicate_image_id_is_the_same_rule(tmp_path: Path) -> None:
+    data = _instances([[1, 1, 5, 5]])
+    data["images"].append({**data["images"][0], "file_name": "b.jpg"})
+    path = write_json(tmp_path / "instances_dup.json", data)
+    with pytest.raises(DuplicateIdError, match=r"#images\[1\]: field 'id': duplicate image id 1"):
+        read_coco_instances(path)
+    (s,), report = read_coco_instances(path, strict=False)
+    assert s.image_path == "a.jpg" and report.counts == {"duplicate_image_ids": 1}
+
+
+def test_records_repeated_in_a_file_are_read_once(real: Path, tmp_path: Path) -> None:
+    # The same records twice in one file (e.g. a file concatenated with itself).
+    ln = real / "localized_narratives_partial_records.jsonl"
+    twice = tmp_path / "ln_twice.jsonl"
+    twice.write_text(ln.read_text() * 2)
+    sizes = {"ADE_val_00000175": (683, 512), "381639": (640, 427)}
+    once, _ = read_localized_narratives(ln, image_sizes=sizes)
+    with pytest.raises(DuplicateIdError, match=r"ln_twice\.jsonl:3: field 'dataset_id, image_id"):
+        read_localized_narratives(twice, image_sizes=sizes)
+    samples, report = read_localized_narratives(twice, image_sizes=sizes, strict=False)
+    assert [s.source for s in samples] == [f"{twice}:1", f"{twice}:2"]
+    assert [s.text for s in samples] == [s.text for s in once]
+    assert report.counts["duplicate_narrative_ids"] == 2 and report.skipped == 2
+    assert f"(first at {twice}:1, which is kept)" in report.errors[0]
+    # Other annotators of the same image, or other captions, are not duplicates.
+    records = [_ln_record(), _ln_record(annotator_id=2), _ln_record(caption="a dog")]
+    samples, _ = read_localized_narratives(
+        write_jsonl(tmp_path / "ln.jsonl", records), image_sizes={"42": (10, 10)}
+    )
+    assert len(samples) == 3
+
+    # Visual Genome: the image listed twice, and a region id repeated under another image.
+    vg = json.loads((real / "vg_region_descriptions_sample.json").read_text())
+    other = {"id": 2, "regions": [{**vg[0]["regions"][0], "image_id": 2}]}
+    path = write_json(tmp_path / "region_descriptions.json", vg + vg + [other])
+    sizes = {1: (800, 600), 2: (800, 600)}
+    with pytest.raises(
+        DuplicateIdError, match=r"#1: field 'id': duplicate image id 1 \(first at .*#0"
+    ):
+        read_vg_regions(path, image_sizes=sizes)
+    samples, report = read_vg_regions(path, image_sizes=sizes, strict=False)
+    assert [s.image_id for s in samples] == [1, 2] and len(samples[0].boxes) == 4
+    assert len(samples[1].boxes) == 0  # region 1382 belongs to image 1 (first)
+    assert report.counts["duplicate_image_ids"] == 4  # the repeat's four regions
+    assert report.counts["duplicate_region_ids"] == 1
+
+    # COCO captions: the annotations listed twice.
+    data = {
+        "images": [{"id": 1, "file_name": "1.jpg", "width": 10, "height": 10}],
+        "annotations": [{"image_id": 1, "id": 5, "caption": "a cat"}] * 2,
+    }
+    samples, report = read_coco_captions(
+        write_json(tmp_path / "captions_x.json", data), strict=False
+    )
+    assert len(samples) == 1 and report.counts == {"duplicate_annotation_ids": 1}
+
+
+def _refer_files(real: Path, tmp_path: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    fixture = _refer_fixture(real)
+    folder = tmp_path / "refcoco"
+    folder.mkdir(exist_ok=True)
+    return folder / "refs(unc).p", fixture, _joining_instances(fixture)
+
+
+def test_refer_duplicate_annotation_id_cannot_replace_the_box(real: Path, tmp_path: Path) -> None:
+    refs_path, fixture, inst = _refer_files(real, tmp_path)
+    refs_path.write_bytes(pickle.dumps(fixture["refs"], protocol=2))
+    # A second annotation with the ref's ann_id, elsewhere: it used to replace the box.
+    inst["annotations"].append({**inst["annotations"][0], "bbox": [0, 0, 10, 10]})
+    inst_path = write_json(refs_path.with_name("instances.json"), inst)
+    with pytest.raises(DuplicateIdError) as err:
+        read_refer_pickle(refs_path)
+    assert str(err.value).startswith(
+        f"{inst_path}#annotations[1]: field 'id': duplicate annotation"
+    )
+    samples, report = read_refer_pickle(refs_path, strict=False)
+    np.testing.assert_allclose(samples[0].boxes, [[263.87, 216.88, 285.0, 232.05]], atol=1e-3)
+    assert report.counts["instances_duplicate_annotation_ids"] == 1
+    assert report.counts["bad_instances_records"] == 1
+
+    # A ref listed twice: read once, its sentences counted as skipped.
+    inst["annotations"].pop()
+    write_json(inst_path, inst)
+    refs_path.write_bytes(pickle.dumps(fixture["refs"] * 2, protocol=2))
+    with pytest.raises(
+        DuplicateIdError, match=r"refs\(unc\)\.p#1: field 'ref_id': duplicate ref id 0"
+    ):
+        read_refer_pickle(refs_path)
+    samples, report = read_refer_pickle(refs_path, strict=False)
+    assert len(samples) == 3 and report.counts["duplicate_ref_ids"] == 1
+    assert report.counts["skipped_sentences"] == 3
+
+
+# --------------------------------------------------------------------------- smaller rules
+
+
+@pytest.mark.parametrize(
+    ("value", "crowd"),
+    [(0, False), (1, True), ("0", False), ("1", True), (True, True), (False, False),
+     ("false", False), ("TRUE", True)],
+)  # fmt: skip
+def test_iscrowd_values(tmp_path: Path, value: Any, crowd: bool) -> None:
+    data = _instances([[1, 1, 5, 5], [2, 2, 5, 5]])
+    data["annotations"][0]["iscrowd"] = value
+    (s,), report = read_coco_instances(write_json(tmp_path / "instances_x.json", data))
+    assert len(s.boxes) == (1 if crowd else 2)
+    assert report.counts.get("crowd_boxes", 0) == int(crowd)
+
+
+@pytest.mark.parametrize("value", [2, "2", "yes", "", None, [], 0.5])
+def test_iscrowd_other_values_are_field_errors(tmp_path: Path, value: Any) -> None:
+    data = _instances([[1, 1, 5, 5], [2, 2, 5, 5]])
+    data["annotations"][0]["iscrowd"] = value
+    path = write_json(tmp_path / "instances_x.json", data)
+    with pytest.raises(DataFormatError, match=r"#annotations\[0\]: field 'iscrowd' must be 0 or 1"):
+        read_coco_instances(path)
+    (s,), report = read_coco_instances(path, strict=False)
+    assert len(s.boxes) == 1 and report.skipped == 1
+
+
+def test_ln_negative_times_are_dropped_and_counted(tmp_path: Path) -> None:
+    record = _ln_record()
+    # A third point before the recording started, and an utterance that starts before it.
+    record["traces"][0].insert(0, {"x": 0.9, "y": 0.9, "t": -0.5})
+    record["timed_caption"][1]["start_time"] = -1.0
+    path = write_jsonl(tmp_path / "ln.jsonl", [record])
+    (s,), report = read_localized_narratives(path, image_sizes={"42": (100, 100)})
+    assert report.skipped == 0 and report.records == 1
+    assert report.counts["negative_trace_times"] == 1
+    assert report.counts["negative_utterance_times"] == 1
+    assert s.utterances == ["a dog", "on the left"] and s.extra["trace_points"] == 4
+    # The first utterance is located as if the negative point were not there.
+    (ref,), _ = read_localized_narratives(
+        write_jsonl(tmp_path / "ref.jsonl", [_ln_record()]), image_sizes={"42": (100, 100)}
+    )
+    np.testing.assert_allclose(s.utterance_boxes[0], ref.utterance_boxes[0])
+    assert np.isnan(s.utterance_boxes[1]).all() and np.isnan(s.utterance_points[1]).all()
+    assert report.counts["utterances_without_trace"] == 1
+
+
+def test_vg_first_entry_without_regions(real: Path, tmp_path: Path) -> None:
+    vg = json.loads((real / "vg_region_descriptions_sample.json").read_text())
+    path = write_json(tmp_path / "region_descriptions.json", [{"id": 9}] + vg)
+    assert detect_format(path) == "vg_regions"
+    with pytest.raises(
+        DataFormatError, match=r"region_descriptions\.json#0: field 'regions' is missing"
+    ):
+        read_any(path, image_sizes={1: (800, 600), 9: (10, 10)})
+    samples, report = read_any(path, strict=False, image_sizes={1: (800, 600)})
+    assert [s.image_id for s in samples] == [1] and report.skipped == 1
+
+
+def test_refer_missing_instances_names_the_options(real: Path, tmp_path: Path) -> None:
+    refs_path, fixture, _ = _refer_files(real, tmp_path)
+    refs_path.write_bytes(pickle.dumps(fixture["refs"], protocol=2))
+    with pytest.raises(DataFormatError) as err:
+        read_refer_pickle(refs_path)
+    message = str(err.value)
+    assert "instances.json does not exist" in message
+    assert "--instances FILE" in message and "instances_path=" in message
+
+
+def test_decode_image_finds_truncated_images(
+    tmp_path: Path, png_header: Callable[..., Path]
+) -> None:
+    from PIL import ImageFile
+
+    good = make_image(tmp_path / "good.jpg", (64, 64))
+    data = Image.effect_noise((64, 64), 60).convert("RGB")
+    data.save(tmp_path / "full.jpg")
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes((tmp_path / "full.jpg").read_bytes()[:-400])
+    assert decode_image(str(good), "here") == (64, 64)
+    # The header of a cut file reads fine (what the readers' check_images looks at);
+    # only decoding finds it.
+    with Image.open(cut) as im:
+        assert im.size == (64, 64)
+    with pytest.raises(TruncatedImageError, match=r"^here: image file .*cut\.jpg is truncated"):
+        decode_image(str(cut), "here")
+    # LOAD_TRUNCATED_IMAGES would hide it: it is off during the call, and restored.
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        with pytest.raises(TruncatedImageError):
+            decode_image(str(cut), "here")
+        assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    with pytest.raises(BombImageError):
+        decode_image(str(png_header(tmp_path / "bomb.png", (10_000, 10_000))), "here")
+
+
+def test_refs_that_are_not_objects_are_errors_in_any_split(real: Path, tmp_path: Path) -> None:
+    # The restricted unpickler builds sets, bytes and tuples too: each is a bad ref, not a
+    # ref of "another split" that a split filter would quietly pass over.
+    refs_path, fixture, inst = _refer_files(real, tmp_path)
+    write_json(refs_path.with_name("instances.json"), inst)
+    refs_path.write_bytes(pickle.dumps([fixture["refs"][0], {1, 2}, b"x", (1, 2)], protocol=4))
+    samples, report = read_refer_pickle(refs_path, strict=False, split="train")
+    assert len(samples) == 3 and report.skipped == 3
+    assert report.errors[0] == f"{refs_path}#1: expected a ref (an object), got {{1, 2}}"
+    fixture["refs"][0]["split"] = ["train"]
+    refs_path.write_bytes(pickle.dumps(fixture["refs"], protocol=2))
+    with pytest.raises(DataFormatError, match=r"#0: field 'split' must be a string"):
+        read_refer_pickle(refs_path, split="train")

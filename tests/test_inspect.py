@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,96 @@ def test_refer_pickle_with_instances_option(
     info = json.loads(out)
     assert status == 0 and info["format"] == "refer_pickle"
     assert info["records"] == 0 and info["skipped"] == 1 and "1719310" in info["errors"][0]
+
+
+def test_duplicate_counts_are_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "instances_dup.json"
+    ann = {"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "iscrowd": 0}
+    path.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "1.jpg", "width": 10, "height": 10}],
+                "annotations": [ann, {**ann, "bbox": [2, 2, 4, 4]}],
+                "categories": [{"id": 1, "name": "cat"}, {"id": 1, "name": "dog"}],
+            }
+        )
+    )
+    status, out, _ = run([str(path), "--json"], capsys)
+    info = json.loads(out)
+    assert status == 0 and info["records"] == 1 and info["skipped"] == 2
+    assert info["counts"] == {"duplicate_annotation_ids": 1, "duplicate_category_ids": 1}
+    status, out, _ = run([str(path)], capsys)
+    assert "duplicate_annotation_ids: 1" in out and "duplicate_category_ids: 1" in out
+    assert "field 'id': duplicate annotation id 5" in out
+
+
+def _truncated_and_bomb_world(tmp_path: Path, png_header: Callable[..., Path]) -> tuple[Path, Path]:
+    """A captions file over three images: a good one, a truncated one (its header reads
+    fine) and one whose header declares more pixels than PIL's bomb limit."""
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (64, 64)).save(images / "good.jpg")
+    Image.effect_noise((64, 64), 60).convert("RGB").save(images / "full.jpg")
+    (images / "cut.jpg").write_bytes((images / "full.jpg").read_bytes()[:-400])
+    png_header(images / "bomb.png", (10_000, 10_000))
+    entries = [("good.jpg", 64), ("cut.jpg", 64), ("bomb.png", 10_000)]
+    path = tmp_path / "captions_x.json"
+    path.write_text(
+        json.dumps(
+            {
+                "images": [
+                    {"id": i, "file_name": name, "width": side, "height": side}
+                    for i, (name, side) in enumerate(entries)
+                ],
+                "annotations": [
+                    {"id": i, "image_id": i, "caption": "a picture"} for i in range(len(entries))
+                ],
+            }
+        )
+    )
+    return path, images
+
+
+def test_check_images_decodes_in_full(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], png_header: Callable[..., Path]
+) -> None:
+    path, images = _truncated_and_bomb_world(tmp_path, png_header)
+    status, out, _ = run([str(path), "--images", str(images), "--check-images", "--json"], capsys)
+    info = json.loads(out)
+    assert status == 0
+    # The bomb is refused by its header (a skipped record); the cut file only by decoding.
+    assert info["counts"] == {"bomb_images": 1, "truncated_images": 1}
+    assert info["skipped"] == 1 and "bomb.png refused" in info["errors"][0]
+    assert info["images"] == 2 and info["images_decoded"] == 1
+    (message,) = info["image_errors"]
+    assert message.startswith(
+        f"{path}#annotations[1]: image file {images / 'cut.jpg'} is truncated"
+    )
+
+    status, out, _ = run([str(path), "--images", str(images), "--check-images"], capsys)
+    assert "images:   1 decoded in full, 1 not" in out and "cut.jpg is truncated" in out
+    assert "truncated_images: 1" in out and "bomb_images: 1" in out
+
+    (images / "bomb.png").unlink()  # strict stops at the truncated image (status 1)
+    status, _, err = run([str(path), "--images", str(images), "--check-images", "--strict"], capsys)
+    assert status == 1 and "bomb.png not found" in err
+    path.write_text(path.read_text().replace('"bomb.png"', '"good.jpg"').replace("10000", "64"))
+    status, _, err = run([str(path), "--images", str(images), "--check-images", "--strict"], capsys)
+    assert status == 1 and "cut.jpg is truncated" in err
+
+
+def test_cli_messages_name_cli_flags(
+    real: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _, err = run(
+        [str(real / "coco_instances_val2017_slice.json"), "--check-images"], capsys
+    )
+    assert status == 2 and "--check-images needs --images DIR" in err
+
+    import pickle
+
+    fixture = json.loads((real / "refer_sample.json").read_text())
+    refs = tmp_path / "refs(unc).p"
+    refs.write_bytes(pickle.dumps(fixture["refs"], protocol=2))
+    status, _, err = run([str(refs)], capsys)
+    assert status == 2 and "instances.json does not exist" in err and "--instances FILE" in err

@@ -165,7 +165,7 @@ def _trace_array(traces: Any, source: str) -> np.ndarray:
         # the cost of a real record, whose trace has hundreds of points.
         flat = chain.from_iterable(map(_XYT, chain.from_iterable(traces)))
         return np.fromiter(flat, dtype=np.float64).reshape(-1, 3)
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise DataFormatError(
             f"{source}: field 'traces' needs segments of {{x, y, t}} numbers ({err!r})"
         ) from None
@@ -180,7 +180,7 @@ def _utterance_times(timed_caption: Any, source: str) -> np.ndarray:
     try:
         flat = chain.from_iterable(map(_START_END, timed_caption))
         return np.fromiter(flat, dtype=np.float64).reshape(-1, 2)
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise DataFormatError(
             f"{source}: field 'timed_caption' needs {{utterance, start_time, end_time}} "
             f"entries ({err!r})"
@@ -241,8 +241,24 @@ def utterance_location_arrays(
         DataFormatError: a field of the wrong type or an entry without its numbers.
     """
     times = _utterance_times(record.get("timed_caption"), source)
-    num_utt = len(times)
     trace = _trace_array(record.get("traces"), source)
+    return locations_from_arrays(times, trace, num_samples)
+
+
+def locations_from_arrays(
+    times: np.ndarray, trace: np.ndarray, num_samples: int = NUM_SAMPLES_PER_UTTERANCE
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`utterance_location_arrays` on arrays already taken out of a record.
+
+    Args:
+        times: ``(U, 2)`` float64 start / end time of each utterance.
+        trace: ``(P, 3)`` float64 trace points ``(x, y, t)`` of all segments, in any order.
+        num_samples: samples per utterance (official: 16).
+
+    Returns:
+        ``(means (U, 2), boxes (U, 4))`` float64, as :func:`utterance_location_arrays`.
+    """
+    num_utt = len(times)
     if num_utt == 0 or len(trace) < 2:
         return np.full((num_utt, 2), np.nan), np.full((num_utt, 4), np.nan)
     # Stable sort so that points with equal t keep their recorded order.

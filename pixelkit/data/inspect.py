@@ -4,7 +4,13 @@ Detects the format, reads every record through the same reader training uses (no
 strict by default, so it counts every problem instead of stopping at the first), and
 prints the format, the records read and skipped, the first errors (each naming file,
 line or index, and field) and the fix-up counts (``clipped_boxes``, ``crowd_boxes``,
-``narratives_without_trace``, ...). ``--json`` prints the same as one JSON object.
+``narratives_without_trace``, ``duplicate_annotation_ids``, ...). ``--json`` prints the
+same as one JSON object.
+
+``--check-images`` (with ``--images``) makes the reader open every image header and check
+its size, then decodes every image a sample uses in full, because a truncated file has a
+good header: truncated or corrupt images (``truncated_images``) and decompression bombs
+(``bomb_images``) are counted and listed by file name under ``image_errors``.
 
 Exit status: 0 when the file could be read (even with skipped records), 1 when
 ``--strict`` stopped at a bad record, 2 when the file is missing, unreadable or of no
@@ -22,7 +28,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pixelkit.data.formats import FORMATS, detect_and_load, detect_format, read_any
-from pixelkit.data.schema import DataFormatError
+from pixelkit.data.formats._common import decode_image, reason_of
+from pixelkit.data.schema import DataFormatError, Sample
 
 #: Formats whose files carry no image sizes (the image header gives them).
 _SIZELESS = {"localized_narratives", "vg_regions"}
@@ -79,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--check-images",
         action="store_true",
-        help="open every image and check its size (needs --images)",
+        help="open every image, check its size and decode it in full (needs --images)",
     )
     parser.add_argument(
         "--max-errors",
@@ -106,11 +113,14 @@ def inspect_file(
         strict: raise on the first bad record instead of counting it.
         fmt: format name, or None to detect it.
         instances: ``instances.json`` for a refer pickle (default: beside it).
-        check_images: open every image and check its size.
+        check_images: open every image and check its size, then decode every image a
+            sample uses (see :func:`check_image_data`).
 
     Returns:
         ``ReadReport.to_dict()`` plus ``samples`` (number of samples), ``tasks``
-        (samples per task), ``images`` (distinct image files) and ``notes``.
+        (samples per task), ``images`` (distinct image files) and ``notes``; with
+        ``check_images`` also ``images_decoded`` and ``image_errors`` (the problems of
+        the decoding pass, also counted in ``counts``).
 
     Raises:
         FileNotFoundError, DataFormatError, ValueError, OSError: as the readers do.
@@ -143,7 +153,53 @@ def inspect_file(
     out["tasks"] = dict(Counter(s.task for s in samples))
     out["images"] = len({s.image_path for s in samples})
     out["notes"] = notes
+    if check_images:
+        decoded, counts, errors = check_image_data(samples, strict)
+        out["images_decoded"] = decoded
+        out["image_errors"] = errors[: report.max_errors]
+        for key, n in counts.items():
+            out["counts"][key] = out["counts"].get(key, 0) + n
     return out
+
+
+def check_image_data(
+    samples: Sequence[Sample], strict: bool = False
+) -> tuple[int, dict[str, int], list[str]]:
+    """Decode every image the samples use, once each, in full.
+
+    The readers' ``check_images`` reads headers only (cheap enough for training start-up),
+    which a truncated file passes; this finds it (see
+    :func:`pixelkit.data.formats._common.decode_image`).
+
+    Args:
+        samples: samples from a reader; each distinct ``image_path`` is decoded once, and a
+            problem is reported at the first sample that uses the image.
+        strict: raise the first problem instead of counting it.
+
+    Returns:
+        ``(decoded, counts, errors)``: images decoded without a problem, problems per
+        reason (``truncated_images``, ``bomb_images``, ``missing_images``) and their
+        messages (each names the annotation record and the image file).
+
+    Raises:
+        DataFormatError: (strict) the first image that does not decode.
+    """
+    first_use = {}
+    for s in samples:
+        first_use.setdefault(s.image_path, s.source)
+    decoded, errors = 0, []
+    counts: Counter[str] = Counter()
+    for path, where in first_use.items():
+        try:
+            decode_image(path, where)
+        except DataFormatError as e:
+            if strict:
+                raise
+            counts[reason_of(e)] += 1
+            errors.append(str(e))
+            continue
+        decoded += 1
+    return decoded, dict(counts), errors
 
 
 def _print_text(info: dict[str, Any], max_errors: int, out: TextIO) -> None:
@@ -167,6 +223,13 @@ def _print_text(info: dict[str, Any], max_errors: int, out: TextIO) -> None:
             print(f"  {msg}", file=out)
         if more > 0:
             print(f"  ... and {more} more", file=out)
+    if "images_decoded" in info:
+        bad = info["images"] - info["images_decoded"]
+        print(f"images:   {info['images_decoded']} decoded in full, {bad} not", file=out)
+        for msg in info["image_errors"][:max_errors]:
+            print(f"  {msg}", file=out)
+        if bad > max_errors:
+            print(f"  ... and {bad - max_errors} more", file=out)
     for note in info["notes"]:
         print(f"note:     {note}", file=out)
 
@@ -174,6 +237,8 @@ def _print_text(info: dict[str, Any], max_errors: int, out: TextIO) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``inspect`` with parsed arguments; returns the exit status."""
     path = Path(args.file)
+    if args.check_images and args.images is None:
+        return _fail(args, path, "--check-images needs --images DIR (the image folder)", 2)
     try:
         info = inspect_file(
             path,

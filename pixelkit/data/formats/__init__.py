@@ -6,7 +6,10 @@ Every reader returns ``(samples, report)``: a list of
 were skipped and why, and which fix-ups were made (``clipped_boxes``,
 ``narratives_without_trace``, ``crowd_boxes``, ...). With ``strict=True`` (the default)
 the first bad record raises :class:`~pixelkit.data.schema.DataFormatError` naming the
-file, the line or record index and the field.
+file, the line or record index and the field. The shared rules (bad values, images,
+deeply nested JSON, duplicate ids: the first record with an id is kept and later ones are
+skipped and counted as ``duplicate_<kind>_ids``) are listed in
+:mod:`pixelkit.data.formats._common`.
 
 =========================  ===============================  ==========================
 format name                 file                              reader
@@ -32,8 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from pixelkit.data.formats._common import (
+    BombImageError,
+    DuplicateIdError,
     MissingImageError,
+    TruncatedImageError,
     ZeroAreaBoxError,
+    decode_image,
     load_json,
     to_loca_caption,
 )
@@ -68,13 +75,17 @@ __all__ = [
     "FORMAT_TASKS",
     "LN_IMAGE_PATTERNS",
     "VG_IMAGE_PATTERNS",
+    "BombImageError",
     "DataFormatError",
+    "DuplicateIdError",
     "MissingImageError",
     "PlainDataUnpickler",
     "ReadReport",
     "Sample",
+    "TruncatedImageError",
     "UnsafePickleError",
     "ZeroAreaBoxError",
+    "decode_image",
     "default_instances_path",
     "detect_and_load",
     "detect_format",
@@ -103,6 +114,8 @@ FORMAT_TASKS: dict[str, tuple[str, ...]] = {
 FORMATS: tuple[str, ...] = tuple(FORMAT_TASKS)
 
 _PICKLE_SUFFIXES = {".p", ".pkl", ".pickle"}
+#: Entries of a JSON list (VG regions, COCO annotations) looked at to detect the format.
+_DETECT_ENTRIES = 20
 #: Keys that only a Localized Narratives record has.
 _LN_KEYS = {"timed_caption", "traces", "voice_recording"}
 
@@ -171,7 +184,7 @@ def _first_line_is_ln(path: Path) -> bool:
                 if line.strip():
                     obj = json.loads(line)
                     return isinstance(obj, dict) and _looks_like_ln(obj)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deeply, ...
         return False
     return False
 
@@ -183,8 +196,11 @@ def _looks_like_ln(obj: dict[str, Any]) -> bool:
 def _classify(path: Path, data: Any) -> str:
     name = path.name.lower()
     if isinstance(data, list):
-        first = next((x for x in data if isinstance(x, dict)), None)
-        if first is not None and "regions" in first:
+        # Look past the first entry: one entry missing "regions" is a bad record for the
+        # reader to name, not a reason to refuse the file.
+        entries = [x for x in data[:_DETECT_ENTRIES] if isinstance(x, dict)]
+        first = entries[0] if entries else None
+        if any("regions" in x for x in entries):
             return "vg_regions"
         if not data and "region" in name:
             return "vg_regions"
@@ -205,7 +221,7 @@ def _classify(path: Path, data: Any) -> str:
         img = next((x for x in images if isinstance(x, dict)), {})
         if "original_id" in img or "caption" in img:
             return "mdetr_refcoco"
-        sample = [a for a in anns[:20] if isinstance(a, dict)]
+        sample = [a for a in anns[:_DETECT_ENTRIES] if isinstance(a, dict)]
         if sample:
             has_caption = any("caption" in a for a in sample)
             has_bbox = any("bbox" in a for a in sample)

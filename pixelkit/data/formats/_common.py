@@ -10,7 +10,19 @@ error that names the file, line or field"):
 * a box partly outside the image is clipped to it and counted (``clipped_boxes``);
 * a box with zero area (after clipping) is rejected like any bad record
   (reason ``zero_area_boxes``);
-* a missing or unreadable image is reported by file name (reason ``missing_images``).
+* a missing or unreadable image is reported by file name (reason ``missing_images``); an
+  image whose header declares more pixels than PIL's decompression-bomb limit
+  (``PIL.Image.MAX_IMAGE_PIXELS``; PIL's warning level counts too) is refused the same
+  way (reason ``bomb_images``);
+* numbers must be finite and fit a float (a 400-digit integer is a field error, not an
+  ``OverflowError``); ids are integers of at most 64 bits or non-empty strings;
+* JSON nested too deeply for the parser, or holding an integer too long to convert, is an
+  error of its line (JSON lines) or of the whole file (JSON), never a raw traceback;
+* **duplicate ids: the first record that carries an id keeps it; every later record
+  with the same id is a bad record** (strict: a DataFormatError naming both places; not
+  strict: skipped and counted under ``duplicate_<kind>_ids``, e.g.
+  ``duplicate_annotation_ids``). A record owns its id even when it is skipped for another
+  reason, so a file given twice (or records repeated in it) never doubles the samples.
 """
 
 from __future__ import annotations
@@ -18,6 +30,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import reprlib
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +59,34 @@ class ZeroAreaBoxError(DataFormatError):
     """A box with no area (width or height 0 after clipping to the image)."""
 
     reason = "zero_area_boxes"
+
+
+class BombImageError(MissingImageError):
+    """An image whose header declares more pixels than PIL's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``); it is refused before any pixel is decoded."""
+
+    reason = "bomb_images"
+
+
+class TruncatedImageError(MissingImageError):
+    """An image whose header reads but whose pixel data is cut short or corrupt (only
+    found by decoding it, see :func:`decode_image`)."""
+
+    reason = "truncated_images"
+
+
+class DuplicateIdError(DataFormatError):
+    """A record repeats the id of an earlier record (the earlier one is kept).
+
+    Args:
+        message: the error message (names both records).
+        kind: what the id identifies (``"annotation"``, ``"image"``, ...); the reason it is
+            counted under is ``duplicate_<kind>_ids``.
+    """
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.reason = f"duplicate_{kind}_ids"
 
 
 def reason_of(exc: DataFormatError) -> str:
@@ -100,6 +142,34 @@ class Collector:
             self.report.count(key, n)
 
 
+class FirstIds:
+    """The ids seen so far in one file, for the keep-the-first rule of duplicate ids.
+
+    Args:
+        kind: what the ids identify, used in messages and in the counter name
+            (``duplicate_<kind>_ids``).
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._first: dict[Any, str] = {}
+
+    def claim(self, key: Any, where: str, field: str) -> None:
+        """Record that the record at ``where`` carries id ``key``.
+
+        Raises:
+            DuplicateIdError: an earlier record already carries it.
+        """
+        first = self._first.get(key)
+        if first is not None:
+            raise DuplicateIdError(
+                f"{where}: field {field!r}: duplicate {self.kind} id {show(key)} (first at "
+                f"{first}, which is kept)",
+                self.kind,
+            )
+        self._first[key] = where
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -119,6 +189,32 @@ def load_json(path: str | os.PathLike[str]) -> Any:
         ) from None
     except UnicodeDecodeError as e:
         raise DataFormatError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (ValueError, RecursionError) as e:
+        raise DataFormatError(f"{path}: {json_problem(e)}") from None
+
+
+def json_problem(exc: ValueError | RecursionError) -> str:
+    """Say why ``json.loads`` failed on text that is not plain invalid JSON.
+
+    Python's parser recurses once per nesting level (``RecursionError`` past about a
+    thousand levels) and refuses integers of more than ``sys.get_int_max_str_digits()``
+    digits (``ValueError``); both are input problems, not bugs.
+    """
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply to read (lists or objects inside each other)"
+    return f"not readable JSON ({exc})"
+
+
+def parse_json_line(line: str, where: str) -> Any:
+    """``json.loads`` of one line; every failure is a DataFormatError naming ``where``."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataFormatError(
+            f"{where}: line is not valid JSON ({e.msg} at column {e.colno})"
+        ) from None
+    except (ValueError, RecursionError) as e:
+        raise DataFormatError(f"{where}: {json_problem(e)}") from None
 
 
 def iter_jsonl(
@@ -144,13 +240,9 @@ def iter_jsonl(
                 col.count("blank_lines")
                 continue
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                col.bad(
-                    DataFormatError(
-                        f"{path}:{lineno}: line is not valid JSON ({e.msg} at column {e.colno})"
-                    )
-                )
+                obj = parse_json_line(line, f"{path}:{lineno}")
+            except DataFormatError as e:
+                col.bad(e)
                 continue
             if not isinstance(obj, dict):
                 col.bad(
@@ -165,8 +257,20 @@ def iter_jsonl(
 # --------------------------------------------------------------------------- fields
 
 
-def _show(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+#: Bounded repr for messages: a field may hold a huge or deeply nested value, whose full
+#: repr would be slow, enormous or a RecursionError.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 3, 6, 6
+_REPR.maxstring, _REPR.maxlong, _REPR.maxother = 60, 40, 60
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """A short repr of any value for an error message (bounded in length and depth)."""
+    try:
+        text = _REPR.repr(value)
+    except ValueError:
+        # An int with more digits than Python converts to text (sys.get_int_max_str_digits).
+        text = f"an integer of {value.bit_length()} bits" if isinstance(value, int) else "?"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -175,7 +279,7 @@ def get(record: Any, key: str, where: str, *, field: str | None = None) -> Any:
     name = field or key
     if not isinstance(record, dict):
         raise DataFormatError(
-            f"{where}: expected an object with field {name!r}, got {_show(record)}"
+            f"{where}: expected an object with field {name!r}, got {show(record)}"
         )
     if key not in record:
         raise DataFormatError(f"{where}: field {name!r} is missing")
@@ -188,11 +292,18 @@ def get_number(record: Any, key: str, where: str, *, field: str | None = None) -
 
 
 def as_number(value: Any, where: str, field: str) -> float:
+    """``value`` as a finite float; anything else is a DataFormatError naming the field."""
     if isinstance(value, bool) or not isinstance(value, _NUMBER):
-        raise DataFormatError(f"{where}: field {field!r} must be a number, got {_show(value)}")
-    if not math.isfinite(value):
-        raise DataFormatError(f"{where}: field {field!r} must be finite, got {value!r}")
-    return float(value)
+        raise DataFormatError(f"{where}: field {field!r} must be a number, got {show(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range, e.g. 400 digits of JSON
+        raise DataFormatError(
+            f"{where}: field {field!r} is too large for a number, got {show(value)}"
+        ) from None
+    if not math.isfinite(number):
+        raise DataFormatError(f"{where}: field {field!r} must be finite, got {number!r}")
+    return number
 
 
 def get_str(
@@ -202,30 +313,64 @@ def get_str(
     name = field or key
     value = get(record, key, where, field=name)
     if not isinstance(value, str):
-        raise DataFormatError(f"{where}: field {name!r} must be a string, got {_show(value)}")
+        raise DataFormatError(f"{where}: field {name!r} must be a string, got {show(value)}")
     value = value.strip()
     if nonempty and not value:
         raise DataFormatError(f"{where}: field {name!r} is empty")
     return value
 
 
+#: Integer ids must fit in 64 bits: they end up in numpy / torch arrays and JSON results.
+_ID_RANGE = (-(2**63), 2**63 - 1)
+
+
 def get_id(record: Any, key: str, where: str, *, field: str | None = None) -> int | str:
-    """An id field: an int or a non-empty string (COCO uses ints, LN strings)."""
+    """An id field: an int (64 bits at most) or a non-empty string (COCO uses ints, LN
+    strings)."""
     name = field or key
     value = get(record, key, where, field=name)
     if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
         raise DataFormatError(
-            f"{where}: field {name!r} must be an integer or a non-empty string, got {_show(value)}"
+            f"{where}: field {name!r} must be an integer or a non-empty string, got {show(value)}"
+        )
+    if isinstance(value, int) and not _ID_RANGE[0] <= value <= _ID_RANGE[1]:
+        raise DataFormatError(
+            f"{where}: field {name!r} is an integer id beyond 64 bits, got {show(value)}"
         )
     return value
+
+
+def get_flag(record: Any, key: str, where: str, default: bool = False) -> bool:
+    """A 0/1 flag such as COCO's ``iscrowd``: 0, 1, true, false, or those as strings
+    ("0", "1", "true", "false", any case); a missing field is ``default``."""
+    if not isinstance(record, dict) or key not in record:
+        return default
+    value = record[key]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _FLAG_WORDS:
+        return _FLAG_WORDS[value.strip().lower()]
+    raise DataFormatError(
+        f"{where}: field {key!r} must be 0 or 1 (or true / false), got {show(value)}"
+    )
+
+
+_FLAG_WORDS = {"0": False, "1": True, "false": False, "true": True}
 
 
 def get_list(record: Any, key: str, where: str, *, field: str | None = None) -> list[Any]:
     name = field or key
     value = get(record, key, where, field=name)
     if not isinstance(value, list):
-        raise DataFormatError(f"{where}: field {name!r} must be a list, got {_show(value)}")
+        raise DataFormatError(f"{where}: field {name!r} must be a list, got {show(value)}")
     return value
+
+
+#: Largest image side accepted (PNG's limit; JPEG's is 65535). Larger "sizes" are
+#: corrupt fields, and would overflow the float32 boxes.
+MAX_IMAGE_SIDE = 2**31 - 1
 
 
 def get_size(record: Any, where: str) -> tuple[int, int]:
@@ -233,9 +378,10 @@ def get_size(record: Any, where: str) -> tuple[int, int]:
     size = []
     for key in ("width", "height"):
         value = get_number(record, key, where)
-        if value <= 0 or value != int(value):
+        if not 0 < value <= MAX_IMAGE_SIDE or value != int(value):
             raise DataFormatError(
-                f"{where}: field {key!r} must be a positive integer, got {value!r}"
+                f"{where}: field {key!r} must be a positive integer (at most {MAX_IMAGE_SIDE}), "
+                f"got {value!r}"
             )
         size.append(int(value))
     return size[0], size[1]
@@ -248,7 +394,7 @@ def xywh_box(value: Any, where: str, field: str = "bbox") -> list[float]:
     """A ``[x, y, w, h]`` list of four finite numbers, returned as floats."""
     if not isinstance(value, (list, tuple)) or len(value) != 4:
         raise DataFormatError(
-            f"{where}: field {field!r} must be a list of 4 numbers, got {_show(value)}"
+            f"{where}: field {field!r} must be a list of 4 numbers, got {show(value)}"
         )
     return [as_number(v, where, f"{field}[{i}]") for i, v in enumerate(value)]
 
@@ -289,7 +435,15 @@ def check_box_xyxy(
         if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
             col.note("clipped_boxes")
         x0, y0, x1, y1 = cx0, cy0, cx1, cy1
+    if not max(abs(x0), abs(y0), abs(x1), abs(y1)) < _FLOAT32_MAX:
+        # Only reachable without a size to clip to: x + w can overflow, or pass float32.
+        raise DataFormatError(
+            f"{where}: field {field!r} box [{x0:g}, {y0:g}, {x1:g}, {y1:g}] (xyxy) is out of range"
+        )
     return np.array([x0, y0, x1, y1], np.float32)
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def xywh_to_checked_xyxy(
@@ -326,16 +480,67 @@ class ImageSizes:
 
 
 def open_image_size(path: str, where: str) -> tuple[int, int]:
-    """Open an image header and return its ``(width, height)``; errors name the file."""
+    """Open an image header and return its ``(width, height)``; errors name the file.
+
+    Raises:
+        BombImageError: the header declares more pixels than ``PIL.Image.MAX_IMAGE_PIXELS``
+            (PIL only warns up to twice that; the warning is taken as an error too).
+        MissingImageError: the file is missing or not an image PIL can read.
+    """
+    return _open_image(path, where, decode=False)
+
+
+def decode_image(path: str, where: str) -> tuple[int, int]:
+    """Open an image and decode every pixel (``im.load()``); returns ``(width, height)``.
+
+    Reading the header (:func:`open_image_size`) does not find an image whose data is cut
+    short; decoding does. PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` (which would pad a cut
+    image with grey instead of failing) is switched off for the call and then restored
+    (the flag is global to PIL, so do not decode in other threads meanwhile).
+
+    Raises:
+        TruncatedImageError: the pixel data is cut short or corrupt.
+        BombImageError, MissingImageError: as :func:`open_image_size`.
+    """
+    from PIL import ImageFile
+
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        return _open_image(path, where, decode=True)
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def _open_image(path: str, where: str, decode: bool) -> tuple[int, int]:
     from PIL import Image, UnidentifiedImageError
 
-    try:
-        with Image.open(path) as im:
-            return int(im.size[0]), int(im.size[1])
-    except FileNotFoundError:
-        raise MissingImageError(f"{where}: image file {path} not found") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise MissingImageError(f"{where}: image file {path} cannot be read ({e})") from None
+    with warnings.catch_warnings():
+        # PIL warns between MAX_IMAGE_PIXELS and twice that and raises above; a header
+        # that large is as suspect at either level, so both refuse the image.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as im:
+                size = int(im.size[0]), int(im.size[1])
+                if decode:
+                    try:
+                        im.load()
+                    except (OSError, SyntaxError, ValueError, EOFError) as e:
+                        raise TruncatedImageError(
+                            f"{where}: image file {path} is truncated or corrupt ({e})"
+                        ) from None
+                return size
+        except DataFormatError:  # (a ValueError itself: not to be wrapped below)
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise BombImageError(
+                f"{where}: image file {path} refused as a possible decompression bomb ({e})"
+            ) from None
+        except FileNotFoundError:
+            raise MissingImageError(f"{where}: image file {path} not found") from None
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            # ValueError: a name PIL cannot even try (an embedded NUL, a lone surrogate).
+            raise MissingImageError(f"{where}: image file {path} cannot be read ({e})") from None
 
 
 def check_image(path: str, size: tuple[int, int], sizes: ImageSizes, where: str) -> None:
@@ -366,7 +571,9 @@ def format_pattern(pattern: str, image_id: int | str, **fields: Any) -> str:
     try:
         return pattern.format(id=image_id, **fields)
     except ValueError:
-        if isinstance(image_id, str) and image_id.strip().isdigit():
+        # isdecimal, not isdigit: "²" is a digit that int() refuses. int() itself refuses
+        # more digits than sys.get_int_max_str_digits() (a ValueError, as documented).
+        if isinstance(image_id, str) and image_id.strip().isdecimal():
             return pattern.format(id=int(image_id), **fields)
         raise
 
@@ -427,7 +634,9 @@ class ImageResolver:
             order.insert(0, order.pop(self._last))
         for i in order:
             path = self.images_dir / names[i]
-            if path.is_file():
+            # os.path.isfile, not Path.is_file: a name too long for the file system (an id
+            # of 400 digits) or holding a NUL is simply not there, not an OSError.
+            if os.path.isfile(path):
                 self._last = i
                 self._cache[key] = str(path)
                 return str(path)
@@ -484,7 +693,10 @@ def lookup_size(
     for key in (image_id, str(image_id)):
         if key in sizes:
             return tuple(sizes[key])  # type: ignore[return-value]
-    if isinstance(image_id, str) and image_id.isdigit() and int(image_id) in sizes:
+    # At most 20 digits: any longer is no 64-bit id (and int() has a digit limit);
+    # isdecimal, not isdigit, which also takes "²" (that int() refuses).
+    numeric = isinstance(image_id, str) and image_id.isdecimal() and len(image_id) <= 20
+    if numeric and int(image_id) in sizes:
         return tuple(sizes[int(image_id)])  # type: ignore[return-value]
     return None
 

@@ -10,6 +10,13 @@ All three share the COCO layout ``{"images": [{id, file_name, width, height}, ..
   bbox, caption}`` -> one ``densecap`` sample per image (or ``loca_caption`` per box).
 
 Boxes are absolute pixels, 0-indexed, ``[x, y, w, h]``; samples hold xyxy pixels.
+
+Ids follow the shared keep-the-first rule (:mod:`pixelkit.data.formats._common`): a
+later image, annotation or category with the id of an earlier one is skipped and counted
+(``duplicate_image_ids``, ``duplicate_annotation_ids``, ``duplicate_category_ids``), or
+raised when strict. An annotation's ``id`` is optional, but when present it must be a
+valid id. ``iscrowd`` is 0 / 1 (``true`` / ``false`` and those as strings are accepted);
+any other value is an error of its field.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ import numpy as np
 
 from pixelkit.data.formats._common import (
     Collector,
+    FirstIds,
     ImageSizes,
     check_image,
     get,
+    get_flag,
     get_id,
     get_list,
     get_size,
@@ -82,17 +91,14 @@ def index_coco(
     images_list = get_list(data, "images", where_top)
     anns_list = get_list(data, "annotations", where_top)
     images: dict[int | str, _Image] = {}
+    image_ids, ann_ids = FirstIds("image"), FirstIds("annotation")
     for i, entry in enumerate(images_list):
         where = f"{path}#images[{i}]"
         try:
             image_id = get_id(entry, "id", where)
+            image_ids.claim(image_id, where, "id")
             file_name = get_str(entry, "file_name", where)
             size = get_size(entry, where)
-            if image_id in images:
-                raise DataFormatError(
-                    f"{where}: field 'id' repeats image id {image_id!r} "
-                    f"(first at {images[image_id].where})"
-                )
         except DataFormatError as e:
             col.bad(e)
             continue
@@ -100,6 +106,8 @@ def index_coco(
     for i, ann in enumerate(anns_list):
         where = f"{path}#annotations[{i}]"
         try:
+            if isinstance(ann, dict) and "id" in ann:
+                ann_ids.claim(get_id(ann, "id", where), where, "id")
             image_id = get_id(ann, "image_id", where)
             if image_id not in images:
                 raise DataFormatError(
@@ -216,7 +224,7 @@ def _boxes_per_image(
         boxes, texts, ann_ids, sources, extra_ids = [], [], [], [], []
         for where, ann in img.anns:
             try:
-                if ann.get("iscrowd", 0):
+                if get_flag(ann, "iscrowd", where):
                     # Crowd regions mark many objects at once (RLE masks); detection and
                     # captioning use single objects only, as COCO evaluation does.
                     col.count("crowd_boxes")
@@ -288,15 +296,18 @@ def coco_instances_from_data(
     col = Collector(path, "coco_instances", strict)
     categories: dict[Any, str] = {}
     if isinstance(data, dict):
+        category_ids = FirstIds("category")
         for i, cat in enumerate(get_list(data, "categories", str(path))):
             where = f"{path}#categories[{i}]"
             try:
-                categories[get_id(cat, "id", where)] = get_str(cat, "name", where)
+                cat_id = get_id(cat, "id", where)
+                category_ids.claim(cat_id, where, "id")
+                categories[cat_id] = get_str(cat, "name", where)
             except DataFormatError as e:
                 col.bad(e)
 
     def category_name(ann: dict[str, Any], where: str) -> str:
-        cat = get(ann, "category_id", where)
+        cat = get_id(ann, "category_id", where)
         if cat not in categories:
             raise DataFormatError(
                 f"{where}: field 'category_id' is {cat!r}, which is not in 'categories'"

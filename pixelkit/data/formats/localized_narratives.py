@@ -11,6 +11,18 @@ One line per narrative::
 ``x`` and ``y`` are normalised to the image width and height and may fall slightly
 outside [0, 1]; ``t`` is in seconds. Records carry no image size, so each image header
 is opened once (or sizes are given through ``image_sizes``).
+
+Rules beyond the shared ones (:mod:`pixelkit.data.formats._common`):
+
+* times are seconds from the start of the recording, so never negative. A trace point
+  with ``t < 0`` is dropped and counted (``negative_trace_times``, points); an utterance
+  with a negative ``start_time`` or ``end_time`` keeps its text but gets no location
+  (NaN, counted as ``negative_utterance_times``). Both are fix-ups, as clipping is: the
+  rest of the narrative is still good.
+* a narrative is identified by ``(dataset_id, image_id, annotator_id, caption)``; a line
+  repeating all four of an earlier line is a duplicate (``duplicate_narrative_ids``), so
+  a file concatenated with itself reads as the file once. Different annotators of one
+  image, or one annotator's different narratives, are not duplicates.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import numpy as np
 
 from pixelkit.data.formats._common import (
     Collector,
+    FirstIds,
     ImageResolver,
     ImageSizes,
     as_number,
@@ -32,6 +45,7 @@ from pixelkit.data.formats._common import (
     get_str,
     iter_jsonl,
     locate_image,
+    show,
 )
 from pixelkit.data.schema import DataFormatError, ReadReport, Sample
 
@@ -51,10 +65,13 @@ LN_IMAGE_PATTERNS: tuple[str, ...] = (
 MIN_TRACE_POINTS = 2
 
 
-def _check_timed_caption(record: dict[str, Any], where: str, col: Collector) -> list[str]:
-    """Validate ``timed_caption`` and return the utterances (missing field -> [])."""
+def _timed_caption(
+    record: dict[str, Any], where: str, col: Collector
+) -> tuple[list[str], np.ndarray]:
+    """Validate ``timed_caption``; returns the utterances and their ``(U, 2)`` start / end
+    times (a missing field is no utterance)."""
     if "timed_caption" not in record:
-        return []
+        return [], np.zeros((0, 2))
     items = get_list(record, "timed_caption", where)
     # Fast path (as for traces): pull every field at once and check the types in bulk.
     try:
@@ -65,34 +82,35 @@ def _check_timed_caption(record: dict[str, Any], where: str, col: Collector) -> 
     if (
         times is not None
         and set(map(type, utterances)) <= {str}
-        and set(map(type, times)) <= {int, float}
-        and np.isfinite(t := np.asarray(times, np.float64)).all()
+        and (t := _finite_array(times)) is not None
     ):
+        t = t.reshape(-1, 2)
         # The official builder tolerates end < start (it averages instead of
         # integrating); count it so the oddity is visible, but keep the record.
-        col.note("utterances_ending_before_start", int((t[1::2] < t[0::2]).sum()))
-        return utterances
+        col.note("utterances_ending_before_start", int((t[:, 1] < t[:, 0]).sum()))
+        return utterances, t
     # Slow path, only for a bad record: find the exact field to name.
     for i, item in enumerate(items):
         field = f"timed_caption[{i}]"
         text = get(item, "utterance", where, field=f"{field}.utterance")
         if not isinstance(text, str):
             raise DataFormatError(
-                f"{where}: field '{field}.utterance' must be a string, got {text!r}"
+                f"{where}: field '{field}.utterance' must be a string, got {show(text)}"
             )
         for key in ("start_time", "end_time"):
             as_number(get(item, key, where, field=f"{field}.{key}"), where, f"{field}.{key}")
     raise AssertionError("unreachable: the fast path refused a valid timed caption")
 
 
-def _count_trace_points(record: dict[str, Any], where: str) -> int:
-    """Validate ``traces`` (segments of ``{x, y, t}`` numbers); returns the number of points.
+def _trace_points(record: dict[str, Any], where: str) -> np.ndarray:
+    """Validate ``traces`` (segments of ``{x, y, t}`` numbers); returns all points as a
+    ``(P, 3)`` float64 array of ``(x, y, t)``.
 
     A missing ``traces`` is no trace (a real COCO record lacks it, see
     google/localized-narratives issue #10), not an error.
     """
     if "traces" not in record:
-        return 0
+        return np.zeros((0, 3))
     segments = get_list(record, "traces", where)
     # Fast path: one flat list checked by type in C; traces have hundreds of points per
     # record and LN files hundreds of thousands of records.
@@ -100,20 +118,31 @@ def _count_trace_points(record: dict[str, Any], where: str) -> int:
         flat = [v for seg in segments for p in seg for v in (p["x"], p["y"], p["t"])]
     except (KeyError, TypeError):
         flat = None
-    if flat is not None and set(map(type, flat)) <= {int, float}:
-        if np.isfinite(np.asarray(flat, np.float64)).all():
-            return len(flat) // 3
+    if flat is not None and (points := _finite_array(flat)) is not None:
+        return points.reshape(-1, 3)
     # Slow path, only for a bad record: find the exact field to name.
     for i, segment in enumerate(segments):
         if not isinstance(segment, list):
             raise DataFormatError(
-                f"{where}: field 'traces[{i}]' must be a list of points, got {segment!r}"
+                f"{where}: field 'traces[{i}]' must be a list of points, got {show(segment)}"
             )
         for j, point in enumerate(segment):
             for key in ("x", "y", "t"):
                 field = f"traces[{i}][{j}].{key}"
                 as_number(get(point, key, where, field=field), where, field)
     raise AssertionError("unreachable: the fast path refused a valid trace")
+
+
+def _finite_array(values: list[Any]) -> np.ndarray | None:
+    """``values`` as a float64 array when all are finite JSON numbers, else None (the
+    caller then looks for the bad value one by one)."""
+    if not set(map(type, values)) <= {int, float}:
+        return None
+    try:
+        array = np.asarray(values, np.float64)
+    except OverflowError:  # an int beyond float range
+        return None
+    return array if np.isfinite(array).all() else None
 
 
 def _locations_to_pixels(
@@ -187,11 +216,14 @@ def read_localized_narratives(
     col = Collector(path, FORMAT, strict)
     resolver = ImageResolver.from_option(images_dir, image_pattern, LN_IMAGE_PATTERNS)
     sizes = ImageSizes()
+    seen = FirstIds("narrative")
     samples: list[Sample] = []
     for lineno, record in iter_jsonl(path, col):
         where = f"{path}:{lineno}"
         try:
-            sample = _read_record(record, where, resolver, sizes, image_sizes, check_images, col)
+            sample = _read_record(
+                record, where, resolver, sizes, image_sizes, check_images, col, seen
+            )
         except DataFormatError as e:
             col.bad(e)
             continue
@@ -208,32 +240,52 @@ def _read_record(
     image_sizes: Mapping[Any, tuple[int, int]] | None,
     check_images: bool,
     col: Collector,
+    seen: FirstIds,
 ) -> Sample:
     image_id = get_id(record, "image_id", where)
     caption = get_str(record, "caption", where)
-    utterances = _check_timed_caption(record, where, col)
-    n_points = _count_trace_points(record, where)
+    annotator_id = get_id(record, "annotator_id", where) if "annotator_id" in record else None
     dataset_id = record.get("dataset_id")
-    fields = {"dataset_id": dataset_id if isinstance(dataset_id, str) else ""}
+    dataset_id = dataset_id if isinstance(dataset_id, str) else None
+    seen.claim(
+        (dataset_id, image_id, annotator_id, caption),
+        where,
+        "dataset_id, image_id, annotator_id, caption",
+    )
+    utterances, times = _timed_caption(record, where, col)
+    trace = _trace_points(record, where)
+    fields = {"dataset_id": dataset_id or ""}
 
     # Image: its size is needed to turn normalised trace coordinates into pixels.
     path, size = locate_image(resolver, sizes, image_sizes, image_id, where, check_images, **fields)
 
+    # Negative times (see the module docstring): drop such points, unlocate such utterances.
+    late = trace[:, 2] >= 0
+    col.note("negative_trace_times", len(trace) - int(late.sum()))
+    trace = trace[late]
+    early_utt = (times < 0).any(axis=1)
+    col.note("negative_utterance_times", int(early_utt.sum()))
+
     n_utt = len(utterances)
-    if n_points < MIN_TRACE_POINTS or n_utt == 0:
+    if len(trace) < MIN_TRACE_POINTS or n_utt == 0:
         col.note("narratives_without_trace")
         boxes = np.full((n_utt, 4), np.nan, np.float32)
         points = np.full((n_utt, 2), np.nan, np.float32)
     else:
         # Imported here: only trace records need it, and it is a sibling module.
-        from pixelkit.data.alignment import utterance_location_arrays
+        from pixelkit.data.alignment import locations_from_arrays
 
-        means, norm_boxes = utterance_location_arrays(record, source=where)
-        boxes, points = _locations_to_pixels(means, norm_boxes, size, col)
+        # Coordinates or times near the float limit overflow to inf / NaN here; such an
+        # utterance ends up without a location (counted below), so numpy need not warn.
+        with np.errstate(over="ignore", invalid="ignore"):
+            means, norm_boxes = locations_from_arrays(times, trace)
+            means[early_utt] = np.nan
+            norm_boxes[early_utt] = np.nan
+            boxes, points = _locations_to_pixels(means, norm_boxes, size, col)
         col.note("utterances_without_trace", int(np.isnan(boxes).any(axis=1).sum()))
 
     extra = {k: record[k] for k in ("dataset_id", "annotator_id", "voice_recording") if k in record}
-    extra["trace_points"] = n_points
+    extra["trace_points"] = len(trace)
     return Sample(
         image_path=path,
         image_size=(int(size[0]), int(size[1])),

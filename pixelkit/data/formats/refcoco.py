@@ -14,6 +14,13 @@ Two layouts:
   COCO ``instances.json`` next to it for boxes and image sizes. The pickle is read
   with :func:`~pixelkit.data.formats.safe_pickle.load_plain_pickle`, never
   ``pickle.load``.
+
+Ids follow the shared keep-the-first rule (:mod:`pixelkit.data.formats._common`): in
+``instances.json`` a later annotation or image with an earlier one's id is skipped (so
+a repeated annotation id can never replace the box a ref points at), counted in the
+report as ``instances_duplicate_annotation_ids`` / ``instances_duplicate_image_ids``;
+a later ref with an earlier ``ref_id`` is skipped with its sentences
+(``duplicate_ref_ids``). Strict reads raise on the first duplicate instead.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any
 
 from pixelkit.data.formats._common import (
     Collector,
+    FirstIds,
     ImageSizes,
     check_image,
     get,
@@ -34,6 +42,7 @@ from pixelkit.data.formats._common import (
     get_str,
     image_path,
     load_json,
+    show,
     xywh_to_checked_xyxy,
 )
 from pixelkit.data.formats.coco import checked_images, index_coco
@@ -83,6 +92,7 @@ def mdetr_from_data(
         entry, where = img.entry, img.where
         try:
             text = get_str(entry, "caption", where)
+            coco_image_id = _optional_id(entry, "original_id", where, img.image_id)
             if len(img.anns) != 1:
                 # MDETR's own evaluator asserts exactly one box per expression entry.
                 raise DataFormatError(
@@ -91,6 +101,7 @@ def mdetr_from_data(
                 )
             ann_where, ann = img.anns[0]
             box = xywh_to_checked_xyxy(get(ann, "bbox", ann_where), img.size, ann_where, col)
+            coco_ann_id = _optional_id(ann, "original_id", ann_where, ann.get("id"))
         except DataFormatError as e:
             col.bad(e)
             continue
@@ -109,14 +120,20 @@ def mdetr_from_data(
                 text=text,
                 boxes=box[None],
                 box_texts=[text],
-                image_id=entry.get("original_id", img.image_id),
-                ann_id=ann.get("original_id", ann.get("id")),
+                image_id=coco_image_id,
+                ann_id=coco_ann_id,
                 source=where,
                 extra=extra,
             )
         )
         col.ok()
     return samples, col.report
+
+
+def _optional_id(record: dict[str, Any], key: str, where: str, default: Any) -> Any:
+    """An id field that may be absent (then ``default``), but is checked when present:
+    MDETR's ``original_id`` is the COCO id that predictions are joined on."""
+    return get_id(record, key, where) if key in record else default
 
 
 # --------------------------------------------------------------------------- refer toolkit
@@ -166,9 +183,13 @@ def read_refer_pickle(
     refs = load_plain_pickle(path)
     inst_path = Path(instances_path) if instances_path is not None else default_instances_path(path)
     if not inst_path.is_file():
+        # Named as each caller can set it: the command line has --instances, Python
+        # instances_path=, and a training source only the default place beside the refs.
         raise DataFormatError(
             f"{path}: the refs need the COCO instances file for boxes and image sizes, and "
-            f"{inst_path} does not exist (pass instances_path)"
+            f"{inst_path} does not exist (put instances.json beside the refs file, or give "
+            "its path: --instances FILE on the pixelkit command line, instances_path=... "
+            "in Python)"
         )
     instances = load_json(inst_path)
     return refer_from_data(
@@ -204,36 +225,45 @@ def refer_from_data(
             f"'annotations', got a {type(instances).__name__}"
         )
     anns: dict[Any, tuple[str, dict[str, Any]]] = {}
+    ann_ids, image_ids = FirstIds("annotation"), FirstIds("image")
     for i, ann in enumerate(get_list(instances, "annotations", str(instances_path))):
         where = f"{instances_path}#annotations[{i}]"
         try:
-            anns[get_id(ann, "id", where)] = (where, ann)
+            ann_id = get_id(ann, "id", where)
+            ann_ids.claim(ann_id, where, "id")
         except DataFormatError as e:
             inst_col.bad(e)
+            continue
+        anns[ann_id] = (where, ann)
     images: dict[Any, tuple[str, str, tuple[int, int]]] = {}
     for i, entry in enumerate(get_list(instances, "images", str(instances_path))):
         where = f"{instances_path}#images[{i}]"
         try:
             image_id = get_id(entry, "id", where)
+            image_ids.claim(image_id, where, "id")
             images[image_id] = (where, get_str(entry, "file_name", where), get_size(entry, where))
         except DataFormatError as e:
             inst_col.bad(e)
-    # Problems in the instances file show up in this report too, not silently.
+    # Problems in the instances file show up in this report too, not silently: its
+    # messages, its skipped entries, and each reason (prefixed ``instances_``).
     room = col.report.max_errors - len(col.report.errors)
     col.report.errors.extend(inst_col.report.errors[: max(room, 0)])
     col.count("bad_instances_records", inst_col.report.skipped)
+    for key, n in inst_col.report.counts.items():
+        col.count(f"instances_{key}", n)
 
     sizes = ImageSizes()
+    ref_ids = FirstIds("ref")
     samples: list[Sample] = []
     for i, ref in enumerate(refs):
         where = f"{path}#{i}"
-        n_sent = len(ref.get("sentences") or []) if isinstance(ref, dict) else 0
+        sentences = ref.get("sentences") if isinstance(ref, dict) else None
+        n_sent = len(sentences) if isinstance(sentences, list) else 0
         try:
-            ref_split = ref.get("split") if isinstance(ref, dict) else None
-            if splits is not None and ref_split not in splits:
+            if splits is not None and _ref_split(ref, where) not in splits:
                 col.count("other_split_refs")
                 continue
-            new = _ref_samples(ref, where, anns, images, images_dir, col)
+            new = _ref_samples(ref, where, anns, images, images_dir, col, ref_ids)
             if check_images and new:
                 check_image(new[0].image_path, new[0].image_size, sizes, where)
         except DataFormatError as e:
@@ -246,6 +276,17 @@ def refer_from_data(
     return samples, col.report
 
 
+def _ref_split(ref: Any, where: str) -> str | None:
+    """A ref's ``split`` (None when absent); anything but a string is a field error, and
+    a ref that is not an object is an error too (not a ref of another split)."""
+    if not isinstance(ref, dict):
+        raise DataFormatError(f"{where}: expected a ref (an object), got {show(ref)}")
+    split = ref.get("split")
+    if split is not None and not isinstance(split, str):
+        raise DataFormatError(f"{where}: field 'split' must be a string, got {show(split)}")
+    return split
+
+
 def _ref_samples(
     ref: Any,
     where: str,
@@ -253,8 +294,10 @@ def _ref_samples(
     images: dict[Any, tuple[str, str, tuple[int, int]]],
     images_dir: Any,
     col: Collector,
+    ref_ids: FirstIds,
 ) -> list[Sample]:
     ref_id = get_id(ref, "ref_id", where)
+    ref_ids.claim(ref_id, where, "ref_id")
     ann_id = get_id(ref, "ann_id", where)
     image_id = get_id(ref, "image_id", where)
     sentences = get_list(ref, "sentences", where)
@@ -268,7 +311,7 @@ def _ref_samples(
     if ann_image != image_id:
         raise DataFormatError(
             f"{where}: ref_id {ref_id!r}: field 'image_id' is {image_id!r} but annotation "
-            f"{ann_id!r} ({ann_where}) belongs to image {ann_image!r}"
+            f"{ann_id!r} ({ann_where}) belongs to image {show(ann_image)}"
         )
     if image_id not in images:
         raise DataFormatError(

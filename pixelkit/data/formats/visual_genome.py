@@ -11,6 +11,12 @@ The file is a list with one object per image::
 once (``images_dir/{image_id}.jpg``, also looked up in the release's ``VG_100K`` and
 ``VG_100K_2`` sub-folders), unless the sizes are given through ``image_sizes`` (e.g.
 from VG's ``image_data.json``).
+
+Ids follow the shared keep-the-first rule (:mod:`pixelkit.data.formats._common`): a later
+entry for an image already listed is skipped with all its regions
+(``duplicate_image_ids``, counting each region), and a later region with an earlier
+``region_id`` (region ids are unique across the whole file) is skipped
+(``duplicate_region_ids``); strict reads raise on the first duplicate instead.
 """
 
 from __future__ import annotations
@@ -23,16 +29,17 @@ import numpy as np
 
 from pixelkit.data.formats._common import (
     Collector,
+    FirstIds,
     ImageResolver,
     ImageSizes,
     check_box_xyxy,
-    get,
     get_id,
     get_list,
     get_number,
     get_str,
     load_json,
     locate_image,
+    show,
     to_loca_caption,
 )
 from pixelkit.data.schema import DataFormatError, ReadReport, Sample
@@ -123,12 +130,14 @@ def vg_from_data(
     col = Collector(path, FORMAT, strict)
     resolver = ImageResolver.from_option(images_dir, image_pattern, VG_IMAGE_PATTERNS)
     sizes = ImageSizes()
+    image_ids, region_ids = FirstIds("image"), FirstIds("region")
     samples: list[Sample] = []
     for i, entry in enumerate(data):
         where = f"{path}#{i}"
         try:
             regions = get_list(entry, "regions", where)
-            image_id = _image_id(entry, regions, where)
+            image_id, id_field = _image_id(entry, regions, where)
+            image_ids.claim(image_id, where, id_field)
             image_file, size = locate_image(
                 resolver, sizes, image_sizes, image_id, where, check_images
             )
@@ -141,7 +150,7 @@ def vg_from_data(
         for j, region in enumerate(regions):
             rwhere = f"{where}.regions[{j}]"
             try:
-                box, phrase, region_id = _region(region, image_id, size, rwhere, col)
+                box, phrase, region_id = _region(region, image_id, size, rwhere, col, region_ids)
             except DataFormatError as e:
                 col.bad(e)
                 continue
@@ -167,28 +176,35 @@ def vg_from_data(
     return (to_loca_caption(samples) if task == "loca_caption" else samples), col.report
 
 
-def _image_id(entry: dict[str, Any], regions: list[Any], where: str) -> int | str:
-    """The image id: ``id`` (original release) or ``image_id``, else the regions' one."""
+def _image_id(entry: dict[str, Any], regions: list[Any], where: str) -> tuple[int | str, str]:
+    """The image id and the field it came from: ``id`` (original release) or
+    ``image_id``, else the first region's ``image_id``."""
     for key in ("id", "image_id"):
         if key in entry:
-            return get_id(entry, key, where)
+            return get_id(entry, key, where), key
     if regions and isinstance(regions[0], dict) and "image_id" in regions[0]:
-        return get_id(regions[0], "image_id", f"{where}.regions[0]")
+        return get_id(regions[0], "image_id", f"{where}.regions[0]"), "regions[0].image_id"
     raise DataFormatError(f"{where}: field 'id' (the image id) is missing")
 
 
 def _region(
-    region: Any, image_id: int | str, size: tuple[int, int], where: str, col: Collector
-) -> tuple[np.ndarray, str, Any]:
+    region: Any,
+    image_id: int | str,
+    size: tuple[int, int],
+    where: str,
+    col: Collector,
+    region_ids: FirstIds,
+) -> tuple[np.ndarray, str, int | str]:
     """Validate one region; returns its clipped xyxy box, phrase and region id."""
-    get(region, "region_id", where)
+    region_id = get_id(region, "region_id", where)
+    region_ids.claim(region_id, where, "region_id")
     if "image_id" in region and region["image_id"] != image_id:
         raise DataFormatError(
-            f"{where}: field 'image_id' is {region['image_id']!r} but the region "
+            f"{where}: field 'image_id' is {show(region['image_id'])} but the region "
             f"is listed under image {image_id!r}"
         )
     phrase = get_str(region, "phrase", where)
     x, y = get_number(region, "x", where), get_number(region, "y", where)
     w, h = get_number(region, "width", where), get_number(region, "height", where)
     box = check_box_xyxy((x, y, x + w, y + h), size, where, col, "x, y, width, height")
-    return box, phrase, region["region_id"]
+    return box, phrase, region_id
