@@ -10,15 +10,105 @@ a checkpoint can hold tensors and plain containers only, never code.
 
 from __future__ import annotations
 
+import os
+import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from pixelkit.config import PixelLLMConfig
+from pixelkit.files import atomic_save
 from pixelkit.modeling.pixel_llm import PixelLLM
 
 META_KEY = "pixelkit"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: empty, truncated, not a checkpoint, refused."""
+
+
+def load_checkpoint_file(path: str | os.PathLike[str], map_location: Any = "cpu",
+                         mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` with one clear error per way a file can be bad.
+
+    ``weights_only=True`` builds tensors and plain containers only: a file that holds
+    anything else (a pickled object, code) is refused, never executed.
+
+    Args:
+        path: the file.
+        map_location: as ``torch.load``.
+        mmap: map the tensors instead of reading them (cheap: to check a file, or to read
+            its small entries).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: a folder, an empty, truncated or foreign file, or a refused one.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            zip_start = f.read(4) == b"PK\x03\x04"
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt (a zip archive without its directory: "
+            f"an interrupted write?)" if zip_start else
+            f"{path} is not a PyTorch checkpoint (not a torch.save zip archive)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"an object of type {found.group(1)}" if found else "objects"
+        raise CheckpointError(
+            f"refused {path}: it holds {what}, not only tensors and plain containers "
+            "(checkpoints are read with weights_only=True, which never runs code from a file)"
+        ) from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be read: {first}") from None
+
+
+def checkpoint_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be resumed from (None: it reads). Cheap: the tensors are mapped."""
+    try:
+        load_checkpoint_file(path, mmap=True)
+    except (FileNotFoundError, CheckpointError) as err:
+        return str(err)
+    return None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, writing atomically in the checkpoint's own folder.
+
+    Lightning saves through fsspec, which writes into ``$TMPDIR`` and then moves the file:
+    across filesystems that move is a copy, and a kill during it leaves a half-written
+    ``last.ckpt``. Here :func:`pixelkit.files.atomic_save` writes a temporary file beside
+    the target, ``fsync``-s it and renames it, so a checkpoint is always whole. Loading goes
+    through :func:`load_checkpoint_file` (``weights_only=True`` unless Lightning asks
+    otherwise, and one clear error for a bad file). Remote paths (``s3://``...) keep
+    Lightning's own behaviour.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_save(lambda f: torch.save(checkpoint, f), path)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, **kwargs: Any
+                        ) -> dict[str, Any]:
+        if "://" in str(path) or kwargs.get("weights_only") is False:
+            return super().load_checkpoint(path, map_location=map_location, **kwargs)
+        return load_checkpoint_file(path, map_location=map_location)
 
 
 def model_state(model: PixelLLM) -> dict[str, torch.Tensor]:
@@ -32,21 +122,23 @@ def checkpoint_meta(model: PixelLLM, **info: Any) -> dict[str, Any]:
 
 
 def save_model(model: PixelLLM, path: str | Path, **info: Any) -> Path:
-    """Write a slim checkpoint (weights + config + ``info``: stage, data, metrics...)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model_state(model), META_KEY: checkpoint_meta(model, **info)}, path)
-    return path
+    """Write a slim checkpoint (weights + config + ``info``: stage, data, metrics...),
+    atomically (:func:`pixelkit.files.atomic_save`)."""
+    ckpt = {"state_dict": model_state(model), META_KEY: checkpoint_meta(model, **info)}
+    return atomic_save(lambda f: torch.save(ckpt, f), path)
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with clear errors for missing / foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (make one with `make quickstart`)")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    """A pixelkit checkpoint (slim or a stage's Lightning checkpoint), read safely.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: a bad file (see :func:`load_checkpoint_file`) or not pixelkit's.
+    """
+    ckpt = load_checkpoint_file(path, map_location=map_location)
     if not isinstance(ckpt, dict) or META_KEY not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a pixelkit checkpoint (no '{META_KEY}' / 'state_dict' entry)")
+        raise CheckpointError(f"{path} is not a pixelkit checkpoint "
+                              f"(no '{META_KEY}' / 'state_dict' entry)")
     return ckpt
 
 
@@ -62,10 +154,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"
     """
     ckpt = read_checkpoint(path)
     meta = ckpt[META_KEY]
-    config = PixelLLMConfig.from_dict(meta["config"]).without_pretrained()
+    try:
+        config = PixelLLMConfig.from_dict(meta["config"]).without_pretrained()
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its stored model config is not valid ({err})") from None
     model = PixelLLM(config)
     state = ckpt["state_dict"]
     if any(k.startswith("model.") for k in state):  # a Lightning checkpoint of a stage
         state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        raise CheckpointError(f"{path}: its weights do not fit its own model config "
+                              f"({lines[1] if len(lines) > 1 else lines[0]})"[:400]) from None
     return model.to(device).eval(), meta

@@ -1,6 +1,11 @@
 """The ``pixelkit`` command (also ``python -m pixelkit``).
 
 Subcommands import their modules only when run, so ``pixelkit --help`` is quick.
+
+An expected failure -- a bad argument or input file, a bad checkpoint, a missing extra, a
+full disk -- is answered with one line, ``pixelkit <command>: error: <file>: <reason>``, and
+exit status 2. ``--debug`` (anywhere on the command line) or ``PIXELKIT_DEBUG=1`` shows the
+traceback instead. Anything else (a bug) keeps its traceback.
 """
 
 from __future__ import annotations
@@ -74,6 +79,9 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         prog="pixelkit",
         description="PixelLLM (Pixel Aligned Language Models) experimentation kit.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of one line "
+                             "(also: PIXELKIT_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in _LIGHTNING_COMMANDS.items():  # listed here, parsed by LightningCLI
         sub.add_parser(name, help=help_text, add_help=False)
@@ -95,31 +103,44 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (whitespace runs collapsed, at most 1,000 characters)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 1000 else text[:997] + "..."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pixelkit`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("PIXELKIT_DEBUG", "0") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    from pixelkit.optional import MissingDependency
     from pixelkit.runtime import retain_freed_memory
 
     retain_freed_memory()  # batched passes stop faulting their buffers in again (runtime.py)
-    if argv and argv[0] in _LIGHTNING_COMMANDS:
-        # fit / validate / test belong to LightningCLI (its own --help, --config, overrides).
-        from pixelkit.training import cli_main
-
-        cli_main(argv)
-        return 0
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
-    run = getattr(args, "_run", None)
-    if run is None:
-        parser.print_help()
-        return 0 if not argv else 2
-    from pixelkit.optional import MissingDependency
-
+    command = next((a for a in argv if not a.startswith("-")), "")
+    # What a user can fix: bad values (ValueError: the config, data and checkpoint errors
+    # are ValueErrors), files (OSError: missing, a folder, no permission, disk full) and
+    # missing extras. Anything else is a bug and keeps its traceback.
+    expected = (ValueError, OSError, MissingDependency)
     try:
+        if argv and argv[0] in _LIGHTNING_COMMANDS:
+            # fit / validate / test belong to LightningCLI (its --help, --config, overrides).
+            from pixelkit.training import cli_main
+
+            cli_main(argv)
+            return 0
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+        run = getattr(args, "_run", None)
+        if run is None:
+            parser.print_help()
+            return 0 if not argv else 2
         return int(run(args) or 0)
-    except (ValueError, FileNotFoundError, MissingDependency) as err:
-        # Bad input (config, file, argument) or a missing extra: one clear line, no trace.
-        print(f"pixelkit {args.command}: error: {err}", file=sys.stderr)
+    except expected as err:
+        if debug:
+            raise
+        print(f"pixelkit {command}: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -223,6 +223,9 @@ class LanguageModelConfig:
         freeze_base: freeze the base LM weights (LoRA weights, if any, stay trainable).
         lora: LoRA settings.
         max_text_length: longest target text in tokens (EOS included).
+        max_prompt_tokens: longest text prompt in tokens; a longer user prompt (a
+            referring expression) is cut to fit, and the result says so. Bounds the cost of
+            one call whatever a user types.
     """
 
     family: Literal["seq2seq", "causal"] = "seq2seq"
@@ -233,6 +236,7 @@ class LanguageModelConfig:
     freeze_base: bool = True
     lora: LoraSettings = field(default_factory=LoraSettings)
     max_text_length: int = 48
+    max_prompt_tokens: int = 64
 
     def __post_init__(self) -> None:
         _check_choice("LanguageModelConfig", "family", self.family, ("seq2seq", "causal"))
@@ -240,7 +244,8 @@ class LanguageModelConfig:
             self.lora = LoraSettings(**self.lora)
         if self.arch and "model_type" not in self.arch:
             raise ValueError("LanguageModelConfig.arch must include 'model_type' (e.g. 't5')")
-        _check_positive("LanguageModelConfig", max_text_length=self.max_text_length)
+        _check_positive("LanguageModelConfig", max_text_length=self.max_text_length,
+                        max_prompt_tokens=self.max_prompt_tokens)
 
 
 @dataclass

@@ -450,13 +450,12 @@ def _plain(value: Any) -> Any:
 
 def write_predictions(records: Records, path: str | Path) -> Path:
     """One JSON list (``*.json``) or JSON lines (anything else)."""
+    from pixelkit.files import atomic_write_text
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".json":
-        path.write_text(json.dumps(_plain(records)) + "\n")
-    else:
-        path.write_text("".join(json.dumps(_plain(r)) + "\n" for r in records))
-    return path
+        return atomic_write_text(path, json.dumps(_plain(records)) + "\n")
+    return atomic_write_text(path, "".join(json.dumps(_plain(r)) + "\n" for r in records))
 
 
 def read_predictions(path: str | Path) -> Records:
@@ -496,18 +495,75 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-threshold", type=float, default=None,
                         help="densecap: minimum proposal score (default: the model config's)")
     parser.add_argument("--skip-bad", action="store_true",
-                        help="skip (and count) bad annotation records instead of stopping")
+                        help="skip (and count) bad annotation records and images instead of "
+                             "stopping at the first")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every ``pixelkit eval`` argument checked before any work (a mistake costs nothing).
+
+    Raises:
+        ValueError: a count that is not positive, a threshold outside [0, 1], an output
+            that is a folder or cannot be written, or a device this machine lacks.
+    """
+    from pixelkit.files import check_writable_file
+    from pixelkit.predictor import resolve_device
+
+    for name in ("limit", "batch_size", "num_beams", "max_new_tokens", "max_regions"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.score_threshold is not None and not 0.0 <= args.score_threshold <= 1.0:
+        raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    check_writable_file(args.out, "--out")
+    if args.predictions:
+        check_writable_file(args.predictions, "--predictions")
+        if Path(args.predictions).resolve() == Path(args.out).resolve():
+            raise ValueError("--out and --predictions name the same file")
+    resolve_device(args.device)
+
+
+def check_images(samples: Sequence[Sample], skip_bad: bool) -> tuple[list[Sample], list[str]]:
+    """Drop the samples whose image cannot be used, or stop at the first such image.
+
+    Every distinct image is decoded once (a header can read while the pixels are cut
+    short), so a bad image is found before any prediction runs.
+
+    Returns:
+        ``(usable samples, messages of the bad images)``.
+
+    Raises:
+        ValueError: a bad image and not ``skip_bad`` (the message names the file).
+    """
+    from pixelkit.data.formats import MissingImageError, decode_image
+
+    bad: dict[str, str] = {}
+    for path in dict.fromkeys(s.image_path for s in samples):
+        try:
+            decode_image(path, None)
+        except MissingImageError as err:
+            if not skip_bad:
+                raise ValueError(f"{err} (--skip-bad skips and counts bad images)") from None
+            bad[path] = str(err)
+    return [s for s in samples if s.image_path not in bad], list(bad.values())
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print a table, write metrics.json (and the predictions)."""
     from pixelkit.decoding import DecodeOptions
+    from pixelkit.files import atomic_write_text
     from pixelkit.predictor import Predictor
 
+    check_arguments(args)
+    predictor = Predictor.from_checkpoint(args.ckpt, device=args.device)
     samples, report = load_samples(args.task, args.ann, args.images, args.limit,
                                    strict=not args.skip_bad)
-    predictor = Predictor.from_checkpoint(args.ckpt, device=args.device)
+    samples, bad_images = check_images(samples, args.skip_bad)
+    for message in bad_images[:5]:
+        print(f"[pixelkit] skipped a bad image: {message}", file=sys.stderr)
+    if not samples:
+        raise ValueError(f"{args.ann}: no sample left to evaluate ({len(bad_images)} bad images)")
     changes: dict[str, Any] = {"num_beams": args.num_beams}
     if args.max_new_tokens is not None:
         changes["max_new_tokens"] = args.max_new_tokens
@@ -519,10 +575,8 @@ def run(args: argparse.Namespace) -> int:
         options.update(max_regions=args.max_regions, score_threshold=args.score_threshold)
     metrics, records = evaluate(args.task, predictor, samples, args.batch_size,
                                 progress=not args.no_progress, **options)
-    metrics = {**metrics, "num_skipped": report.skipped}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_plain(metrics), indent=2) + "\n")
+    metrics = {**metrics, "num_skipped": report.skipped, "skipped_images": len(bad_images)}
+    out = atomic_write_text(args.out, json.dumps(_plain(metrics), indent=2) + "\n")
     if args.predictions:
         write_predictions(records, args.predictions)
     width = max(len(k) for k in metrics)

@@ -54,9 +54,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from pixelkit.data.encoding import Example, Row, collate, make_row
+from pixelkit.data.encoding import Example, Row, collate, encode_text, make_row, prompt_ids
+from pixelkit.data.formats._common import load_rgb
 from pixelkit.data.transforms import (
     ModelFrame,
     from_model_boxes,
@@ -132,13 +133,17 @@ class ReferResult:
         box: ``(x0, y0, x1, y1)`` pixels of the original image.
         score: geometric-mean probability of the expression's tokens given the prompt, in
             (0, 1] (see :meth:`Predictor.refer`).
+        truncated: the expression was longer than the model reads (the config's
+            ``max_prompt_tokens`` / ``max_text_length``) and only its start was used.
     """
 
     box: Box
     score: float
+    truncated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"box": _floats(self.box), "score": float(self.score)}
+        return {"box": _floats(self.box), "score": float(self.score),
+                "truncated": bool(self.truncated)}
 
 
 @dataclass
@@ -200,6 +205,31 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a ``torch.device`` that exists here (None: CUDA when available).
+
+    Raises:
+        ValueError: not a device name, or a device this machine does not have (asked for
+            ``cuda`` without a GPU, say).
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a device name ({err})") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: no CUDA GPU is available here (use cpu)")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA GPU(s)")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps")
+                                   and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r}: MPS is not available here (use cpu)")
+    return dev
+
+
 def load_image(image: ImageInput) -> Image.Image:
     """Any supported image input as an RGB PIL image.
 
@@ -213,18 +243,17 @@ def load_image(image: ImageInput) -> Image.Image:
 
     Raises:
         FileNotFoundError: a path that does not exist.
-        ValueError: a file PIL cannot read, or an array of the wrong shape / values.
+        ValueError: a file that is not an image, truncated or a decompression bomb (the
+            readers' :class:`~pixelkit.data.formats.MissingImageError`), or an array of the
+            wrong shape / values.
         TypeError: anything else.
     """
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"image file {path} does not exist")
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except UnidentifiedImageError:
-            raise ValueError(f"{path} is not an image file PIL can read") from None
+        # Unreadable, truncated and decompression-bomb files: a ValueError naming the file.
+        return load_rgb(path)
     if isinstance(image, Image.Image):
         return image if image.mode == "RGB" else image.convert("RGB")
     if isinstance(image, torch.Tensor):
@@ -422,9 +451,7 @@ class Predictor:
                  info: dict[str, Any] | None = None) -> None:
         if not isinstance(model, PixelLLM):
             raise TypeError(f"Predictor needs a PixelLLM, got {type(model).__name__}")
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         if tokenizer is None:
             from pixelkit.modeling.tokenizer import tokenizer_for
@@ -455,8 +482,7 @@ class Predictor:
         """
         from pixelkit.checkpoint import load_model
 
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(device)  # before the load: a bad device fails at once
         model, meta = load_model(path, device=device)
         return cls(model, sam=sam, device=device, info={**meta, "checkpoint": str(path)},
                    **kwargs)
@@ -625,6 +651,8 @@ class Predictor:
         for name, seq in (("boxes", boxes), ("points", points), ("labels", labels)):
             if seq is not None and len(seq) != n:
                 raise ValueError(f"{name} has {len(seq)} entries for {n} images")
+        if n == 0:
+            return []  # e.g. caption_boxes([]): nothing to caption
         rows = []
         for i, image in enumerate(images):
             box = boxes[i] if boxes is not None else None
@@ -640,12 +668,15 @@ class Predictor:
         """:meth:`refer` for N (image, expression) pairs in one teacher-forced pass."""
         if len(images) != len(expressions):
             raise ValueError(f"{len(expressions)} expressions for {len(images)} images")
-        rows = []
+        if not images:
+            return []
+        rows, cut = [], []
         for expr in expressions:
             if not isinstance(expr, str) or not expr.strip():
                 raise ValueError(f"a referring expression must be a non-empty string, got {expr!r}")
-            rows.append(make_row(self.tokenizer, "refer", expr.strip(),
-                                 max_length=self.max_text_length))
+            expr, truncated = self._bounded_expression(expr.strip())
+            cut.append(truncated)
+            rows.append(make_row(self.tokenizer, "refer", expr, max_length=self.max_text_length))
         out, batch = self.forward_rows(images, rows)
         labels = batch["labels"]                                              # (R, L)
         valid = labels != -100
@@ -657,8 +688,26 @@ class Predictor:
         results = []
         for r, image in enumerate(images):
             px = point_head_boxes(box[r:r + 1], image.size)[0]
-            results.append(ReferResult(box=tuple(px.tolist()), score=float(score[r])))
+            results.append(ReferResult(box=tuple(px.tolist()), score=float(score[r]),
+                                       truncated=cut[r]))
         return results
+
+    def _bounded_expression(self, expression: str) -> tuple[str, bool]:
+        """The expression cut to what the model reads: ``(text, was_cut)``.
+
+        It is both the prompt ("where is ...", at most ``max_prompt_tokens``) and the
+        teacher-forced target (at most ``max_text_length - 1`` tokens before EOS), so the
+        smaller bound applies; the cost of a call stays bounded whatever the input length.
+        """
+        cfg = self.model.config.language_model
+        room = min(cfg.max_prompt_tokens - len(prompt_ids(self.tokenizer, "refer", "")),
+                   self.max_text_length - 1)
+        # No token is 64 characters long: a megabyte of text is never tokenised whole.
+        text = expression[: 64 * max(room, 1)]
+        ids = encode_text(self.tokenizer, text)
+        if len(ids) <= room and text == expression:
+            return expression, False
+        return self.tokenizer.decode(ids[:max(room, 1)], skip_special_tokens=True).strip(), True
 
     @torch.no_grad()
     def dense_caption_batch(self, images: Sequence[EncodedImage], max_regions: int | None = None,

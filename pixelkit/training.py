@@ -8,6 +8,14 @@ arguments, the :class:`PixelDataModule` sources and the Trainer (loggers, checkp
 The model's ``image_size`` and tokenizer are linked into the data module so the two can
 never disagree. Every run writes its resolved config next to its logs and sends it to every
 logger (W&B included), so a run can be reproduced from what it logged.
+
+**Nothing lost on a kill.** Checkpoints are written atomically (:class:`pixelkit.checkpoint.AtomicCheckpointIO`,
+the default ``trainer.plugins``); ``--ckpt_path last`` resumes from ``last.ckpt``, or, if
+that one is unreadable, from the newest readable checkpoint beside it (and says so), or
+starts from step 0 with one line when there is none yet. A resume continues the CSV log
+(:mod:`pixelkit.loggers`), the W&B run id and the epoch's sampling where the checkpoint left
+them. Before anything is built, ``init_from``, the annotation files and image folders and
+``ckpt_path`` are checked, so a wrong path is one line naming it.
 """
 
 from __future__ import annotations
@@ -18,7 +26,10 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from pixelkit.checkpoint import checkpoint_problem, load_checkpoint_file
 from pixelkit.data.datamodule import PixelDataModule
+from pixelkit.files import remove_partial_files
+from pixelkit.loggers import RUN_STATE_KEY, resume_logger_args
 from pixelkit.stages.base import PixelLLMStage
 
 
@@ -99,9 +110,81 @@ def available_loggers(loggers: Any) -> Any:
         save_dir = getattr(wandb[0].init_args, "save_dir", None) or "."
         from jsonargparse import Namespace
 
-        kept = [Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
+        kept = [Namespace(class_path="pixelkit.loggers.CSVLogger",
                           init_args=Namespace(save_dir=save_dir, name="csv"))]
     return kept if isinstance(loggers, list) else kept[0]
+
+
+def _entries(value: Any) -> list[Any]:
+    """A config value that may be one ``class_path`` namespace, a list of them, or None."""
+    if value is None or isinstance(value, bool):
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _checkpoint_dirs(config: Any) -> list[Path]:
+    """The ``dirpath`` of every ModelCheckpoint callback in the config."""
+    return [Path(cb.init_args.dirpath) for cb in _entries(config.trainer.callbacks)
+            if str(getattr(cb, "class_path", "")).endswith("ModelCheckpoint")
+            and getattr(cb.init_args, "dirpath", None)]
+
+
+def resolve_resume(ckpt_path: str | None, dirs: Sequence[Path]) -> str | None:
+    """``--ckpt_path`` made concrete: the file to resume from, or None to start fresh.
+
+    ``last`` is the newest checkpoint in the checkpoint folders that reads: normally
+    ``last.ckpt``; if that is unreadable (or older than another), the newest one that is,
+    with one line saying so. No checkpoint at all starts from step 0, as Lightning's
+    ``last`` does, with one line saying so. An explicit file must read.
+
+    Raises:
+        FileNotFoundError, pixelkit.checkpoint.CheckpointError: an explicit file that does
+            not exist or does not read.
+    """
+    if ckpt_path in (None, "best", "hpc", "registry") or "://" in str(ckpt_path):
+        return ckpt_path
+    if ckpt_path != "last":
+        load_checkpoint_file(ckpt_path, mmap=True)  # raises with the reason
+        return ckpt_path
+    if not dirs:
+        return ckpt_path  # no folder named in the config: Lightning's own "last"
+    candidates = sorted((p for d in dirs for p in d.glob("*.ckpt")),
+                        key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True)
+    for path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if path.name != "last.ckpt":
+                print(f"[pixelkit] --ckpt_path last: resuming from {path}, the newest "
+                      "checkpoint that reads")
+            return str(path)
+        print(f"[pixelkit] --ckpt_path last: skipping {problem}")
+    print(f"[pixelkit] --ckpt_path last: no checkpoint in {', '.join(map(str, dirs))} yet, "
+          "starting from step 0")
+    return None
+
+
+def check_paths(config: Any) -> None:
+    """Fail early, in one line, on a path of the config that cannot work.
+
+    Raises:
+        FileNotFoundError: an annotation file or image folder of a data source, or
+            ``model.init_args.init_from``, does not exist.
+        pixelkit.checkpoint.CheckpointError: ``init_from`` does not read.
+    """
+    init_from = getattr(config.model.init_args, "init_from", None)
+    if init_from:
+        problem = checkpoint_problem(init_from)
+        if problem is not None:
+            raise FileNotFoundError(f"model.init_args.init_from: {problem} (train the stage "
+                                    "before it first, or set init_from to null)")
+    for split in ("train", "val"):
+        for i, src in enumerate(getattr(config.data, split, None) or []):
+            src = dict(vars(src)) if hasattr(src, "__dict__") else dict(src)
+            ann, images = src.get("ann"), src.get("images")
+            if ann and not Path(ann).is_file():
+                raise FileNotFoundError(f"data.{split}[{i}].ann: {ann} does not exist")
+            if images and not Path(images).is_dir():
+                raise FileNotFoundError(f"data.{split}[{i}].images: {images} is not a folder")
 
 
 class PixelCLI(LightningCLI):
@@ -119,6 +202,25 @@ class PixelCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         config.trainer.logger = available_loggers(config.trainer.logger)
+        if not self.instantiate:
+            return
+        check_paths(config)
+        dirs = _checkpoint_dirs(config)
+        for folder in dirs:
+            for orphan in remove_partial_files(folder):
+                print(f"[pixelkit] removed {orphan}, a checkpoint write a kill interrupted")
+        if "ckpt_path" in config:
+            config.ckpt_path = resolve_resume(config.ckpt_path, dirs)
+            if self.subcommand == "fit" and config.ckpt_path and "://" not in config.ckpt_path \
+                    and Path(config.ckpt_path).is_file():
+                self._continue_logs(config, config.ckpt_path)
+
+    def _continue_logs(self, config: Any, ckpt_path: str) -> None:
+        """Point the loggers at the resumed run's: CSV rows to keep, W&B run id."""
+        state = load_checkpoint_file(ckpt_path, mmap=True).get(RUN_STATE_KEY) or {}
+        for logger in _entries(config.trainer.logger):
+            for key, value in resume_logger_args(str(logger.class_path), state).items():
+                setattr(logger.init_args, key, value)
 
     def instantiate_classes(self) -> None:
         if self.instantiate:
@@ -148,6 +250,8 @@ def cli_main(argv: Sequence[str] | None = None, run: bool = True,
         PixelLLMStage,
         PixelDataModule,
         subclass_mode_model=True,
+        # Atomic checkpoint writes for every config (a YAML's own plugins replace it).
+        trainer_defaults={"plugins": [{"class_path": "pixelkit.checkpoint.AtomicCheckpointIO"}]},
         save_config_callback=LogConfigCallback,
         save_config_kwargs={"overwrite": True},
         args=_resolve_config_args(argv),

@@ -302,7 +302,7 @@ def test_bad_inputs_say_what_is_wrong(model, tmp_path: Path) -> None:
         p.set_image(tmp_path / "nope.png")
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
-    with pytest.raises(ValueError, match="not an image file"):
+    with pytest.raises(ValueError, match="cannot be read"):
         p.set_image(text)
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         p.set_image(np.zeros((4, 4, 7), np.uint8))

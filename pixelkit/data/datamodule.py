@@ -11,24 +11,36 @@ Per record the pipeline is: read (lazily opened image) -> :class:`SampleTransfor
 :class:`TrainTransform` (resize-pad, optional flip with left/right swap and scale jitter)
 -> task encoding (:mod:`pixelkit.data.encoding`: prompt, targets, per-position points;
 trace targets aligned *after* the flip, which can change the words) -> :func:`collate`.
+
+**Bad images are skipped and counted**, as the readers skip bad records: an image that is
+missing, unreadable, truncated or a decompression bomb becomes a :class:`SkippedImage`, which
+the collate function drops and reports in ``batch["skipped_images"]``; the stage counts them
+(:meth:`PixelDataModule.account`, logged as ``data/skipped_images``) and the run stops with
+an error naming the files once more than ``max_bad_image_share`` of the images are bad.
+
+**A resumed run continues its epoch.** The training loader is stateful (Lightning saves
+``state_dict()`` in checkpoints and calls ``load_state_dict()`` on resume): its state is the
+sampler's epoch and the batches of it already trained, so after a kill the run goes on with
+the next batch of the same epoch instead of replaying the epoch from its start.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pixelkit.data.alignment import align_caption
 from pixelkit.data.encoding import Example, collate, make_row
-from pixelkit.data.formats import read_any
+from pixelkit.data.formats import MissingImageError, read_any
 from pixelkit.data.schema import Sample
 from pixelkit.data.transforms import SampleTransform, TrainTransform
 from pixelkit.modeling.tokenizer import load_tokenizer
@@ -80,6 +92,21 @@ def read_source(src: SourceConfig, strict: bool = False) -> list[Sample]:
     return samples[: src.limit] if src.limit else samples
 
 
+@dataclass(frozen=True)
+class SkippedImage:
+    """An example whose image could not be used (what :class:`TaskDataset` returns for it).
+
+    Attributes:
+        path: the image file.
+        reason: ``missing_images``, ``truncated_images`` or ``bomb_images``.
+        message: the error, naming the file.
+    """
+
+    path: str
+    reason: str
+    message: str
+
+
 class TaskDataset(Dataset):
     """One source's samples encoded for its task.
 
@@ -113,9 +140,12 @@ class TaskDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> Example:
+    def __getitem__(self, index: int) -> Example | SkippedImage:
         sample = self.samples[index]
-        ts = self.transform(sample)
+        try:
+            ts = self.transform(sample)
+        except MissingImageError as err:  # missing, unreadable, truncated, bomb: skip, count
+            return SkippedImage(sample.image_path, err.reason, str(err))
         # Seeded through torch's RNG, which Lightning seeds per process and worker.
         rng = np.random.default_rng([self.seed, int(torch.randint(0, 2**31, ()))])
         meta = {"task": self.task, "image_id": sample.image_id, "ann_id": sample.ann_id,
@@ -178,6 +208,41 @@ class MixtureDataset(Dataset):
         return self.parts[part][index - int(self.offsets[part])]
 
 
+class MixtureSampler(Sampler[int]):
+    """``num_samples`` record indices per epoch, drawn with replacement by record weight.
+
+    Epoch ``e`` is a function of ``(seed, e)`` alone (not of the epochs before it), so a
+    resumed run can draw it again and skip what it already trained (:meth:`skip_batches`).
+
+    Args:
+        weights: (N,) sampling weight of each record (any scale).
+        num_samples: indices per epoch.
+        seed: the sampler's seed.
+    """
+
+    def __init__(self, weights: np.ndarray, num_samples: int, seed: int) -> None:
+        w = np.asarray(weights, np.float64)
+        self.probs = w / w.sum()
+        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+        self.skip = 0
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip_batches(self, batches: int, batch_size: int) -> None:
+        """The next iteration starts ``batches`` batches into the epoch (once)."""
+        self.skip = batches * batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.choice(len(self.probs), size=self.num_samples, p=self.probs)
+        skip, self.skip = self.skip, 0
+        yield from order[skip:].tolist()
+
+
 class TaskBatchSampler(Sampler[list[int]]):
     """Batches of one task each: draw a source by weight, then ``batch_size`` of its records."""
 
@@ -187,6 +252,7 @@ class TaskBatchSampler(Sampler[list[int]]):
         w = np.asarray(weights, np.float64)
         self.probs = w / w.sum()
         self.seed, self.epoch = seed, 0
+        self.skip = 0
 
     def __len__(self) -> int:
         return self.num_batches
@@ -194,12 +260,53 @@ class TaskBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def skip_batches(self, batches: int, batch_size: int | None = None) -> None:
+        """The next iteration starts ``batches`` batches into the epoch (once)."""
+        self.skip = batches
+
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        for _ in range(self.num_batches):
+        skip, self.skip = self.skip, 0
+        for b in range(self.num_batches):
             part = int(rng.choice(len(self.probs), p=self.probs))
             lo, hi = int(self.offsets[part]), int(self.offsets[part + 1])
-            yield (lo + rng.integers(0, hi - lo, self.batch_size)).tolist()
+            batch = (lo + rng.integers(0, hi - lo, self.batch_size)).tolist()
+            if b >= skip:
+                yield batch
+
+
+class ResumableDataLoader(DataLoader):
+    """A training DataLoader whose place in the epoch goes into checkpoints.
+
+    Lightning's stateful dataloader support saves ``state_dict()`` with every checkpoint and
+    calls ``load_state_dict()`` before iterating again on resume. The state is the
+    sampler's epoch and the number of batches of it trained so far, read from the trainer's
+    own progress (``progress``), not counted here: Lightning fetches a batch ahead, so a
+    count of batches handed out would be one too many.
+
+    Args:
+        progress: returns the batches of the current epoch already trained.
+        *args, **kwargs: :class:`torch.utils.data.DataLoader`'s.
+    """
+
+    def __init__(self, *args: Any, progress: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._progress = progress
+
+    def _sampler(self) -> MixtureSampler | TaskBatchSampler:
+        return self.batch_sampler if isinstance(self.batch_sampler, TaskBatchSampler) \
+            else self.sampler  # type: ignore[return-value]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self._sampler().epoch), "batches": int(self._progress())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, done = int(state["epoch"]), int(state["batches"])
+        if done >= len(self):  # saved at the end of an epoch: the next one starts fresh
+            epoch, done = epoch + 1, 0
+        sampler = self._sampler()
+        sampler.set_epoch(epoch)
+        sampler.skip_batches(done, self.batch_size or 1)
 
 
 class PixelDataModule(L.LightningDataModule):
@@ -222,6 +329,9 @@ class PixelDataModule(L.LightningDataModule):
         box_jitter: region box prompt jitter (fraction of the side).
         max_regions: region rows per dense-captioning image.
         val_limit: at most this many samples per validation source.
+        max_bad_image_share: the run stops (naming the files) once more than this share of
+            the images are missing, unreadable, truncated or bombs; fewer are skipped and
+            counted (``data/skipped_images``).
         seed: sampler / augmentation seed.
     """
 
@@ -231,7 +341,8 @@ class PixelDataModule(L.LightningDataModule):
                  hflip_prob: float = 0.5, scale_jitter: list[float] | None = None,
                  alignment: str = "text", max_text_length: int = 48,
                  point_prompt_prob: float = 0.2, box_jitter: float = 0.1, max_regions: int = 6,
-                 val_limit: int | None = 256, seed: int = 0) -> None:
+                 val_limit: int | None = 256, max_bad_image_share: float = 0.01,
+                 seed: int = 0) -> None:
         # Every argument, named explicitly: under LightningCLI, Lightning 2.5's
         # save_hyperparameters() takes the config's values, which leave out the arguments
         # linked from the model (image_size, tokenizer).
@@ -245,9 +356,14 @@ class PixelDataModule(L.LightningDataModule):
                             val=[dataclasses.asdict(s) for s in self.val_sources])
         if not self.train_sources:
             raise ValueError("PixelDataModule.train needs at least one source")
+        if not 0 <= max_bad_image_share <= 1:
+            raise ValueError(f"PixelDataModule.max_bad_image_share must be in [0, 1], "
+                             f"got {max_bad_image_share}")
         self.tokenizer = load_tokenizer(tokenizer)
         self.train_set: MixtureDataset | None = None
         self.val_sets: list[TaskDataset] = []
+        #: Bad images met so far: path -> message (first met first).
+        self.bad_images: dict[str, str] = {}
 
     def _dataset(self, src: SourceConfig, train: bool) -> TaskDataset:
         hp = self.hparams
@@ -271,26 +387,64 @@ class PixelDataModule(L.LightningDataModule):
         if not self.val_sets and self.val_sources:
             self.val_sets = [self._dataset(s, False) for s in self.val_sources]
 
-    def _collate(self, examples: list[Example]) -> dict[str, Any]:
-        return collate(examples, pad_id=int(self.tokenizer.pad_token_id or 0))
+    def _collate(self, examples: list[Example | SkippedImage]) -> dict[str, Any]:
+        """:func:`collate` of the usable examples; ``skipped_images`` lists the others.
+
+        A batch whose every image was bad has no ``images`` (the stage skips the step).
+        """
+        good = [ex for ex in examples if isinstance(ex, Example)]
+        skipped = [(ex.path, ex.message) for ex in examples if isinstance(ex, SkippedImage)]
+        batch = collate(good, pad_id=int(self.tokenizer.pad_token_id or 0)) if good else {}
+        batch["skipped_images"] = skipped
+        return batch
+
+    def num_images(self) -> int:
+        """Distinct images of the training and validation sets (after setup)."""
+        sets = [*(self.train_set.parts if self.train_set else []), *self.val_sets]
+        return len({s.image_path for ds in sets for s in ds.samples})
+
+    def account(self, batch: dict[str, Any]) -> int:
+        """Count a batch's skipped images; returns how many distinct bad images so far.
+
+        Raises:
+            ValueError: more than ``max_bad_image_share`` of the images are bad (the message
+                names the first files and why).
+        """
+        for path, message in batch.get("skipped_images") or []:
+            if path not in self.bad_images:
+                self.bad_images[path] = message
+                if len(self.bad_images) <= 10:
+                    print(f"[pixelkit] skipped a bad image (counted in data/skipped_images): "
+                          f"{message}")
+        allowed = self.hparams.max_bad_image_share * max(self.num_images(), 1)
+        if len(self.bad_images) > allowed:
+            first = "; ".join(list(self.bad_images.values())[:3])
+            raise ValueError(
+                f"{len(self.bad_images)} of {self.num_images()} images cannot be used, more than "
+                f"data.max_bad_image_share={self.hparams.max_bad_image_share:g}; first: {first}")
+        return len(self.bad_images)
+
+    def _trained_batches(self) -> int:
+        """Batches of the current epoch trained so far (the trainer's own progress)."""
+        trainer = self.trainer
+        return 0 if trainer is None else int(
+            trainer.fit_loop.epoch_loop.batch_progress.current.completed)
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"
         hp = self.hparams
         weights = [s.weight for s in self.train_sources]
         common = {"collate_fn": self._collate, "num_workers": hp.num_workers,
-                  "persistent_workers": hp.num_workers > 0}
+                  "persistent_workers": hp.num_workers > 0, "progress": self._trained_batches}
         if hp.batch_by_task:
             sampler = TaskBatchSampler(self.train_set.offsets, weights, hp.batch_size,
                                        math.ceil(hp.samples_per_epoch / hp.batch_size), hp.seed)
-            return DataLoader(self.train_set, batch_sampler=sampler, **common)
+            return ResumableDataLoader(self.train_set, batch_sampler=sampler, **common)
         per_record = np.concatenate([np.full(len(p), w / len(p)) for p, w in
                                      zip(self.train_set.parts, weights)])
-        gen = torch.Generator().manual_seed(hp.seed)
-        sampler = WeightedRandomSampler(torch.from_numpy(per_record), hp.samples_per_epoch,
-                                        replacement=True, generator=gen)
-        return DataLoader(self.train_set, batch_size=hp.batch_size, sampler=sampler,
-                          drop_last=True, **common)
+        sampler = MixtureSampler(per_record, hp.samples_per_epoch, hp.seed)
+        return ResumableDataLoader(self.train_set, batch_size=hp.batch_size, sampler=sampler,
+                                   drop_last=True, **common)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=False,

@@ -966,13 +966,16 @@ def synthesize(
         Counts per split and the annotation files written.
 
     Raises:
-        ValueError: on out-of-range arguments.
+        ValueError: on out-of-range arguments, or an ``out_dir`` that is (inside) a file.
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     _check_world(image_size, max_objects)
     num_train, _ = split_sizes(num_images, val_fraction)
     out = Path(out_dir)
+    for path in (out, *out.parents):
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"--out {out}: {path} is a file, not a folder")
     writers = {split: _SplitWriter(out, split, image_size) for split in SPLITS}
 
     from tqdm.auto import tqdm  # imported here: the module is imported by light code too

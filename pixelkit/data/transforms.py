@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pixelkit.data.formats._common import load_rgb
 from pixelkit.data.schema import Sample
 
 ImageLike = Any  # PIL.Image.Image | np.ndarray (H, W[, C]) | torch.Tensor (C, H, W)
@@ -559,10 +560,13 @@ class SampleTransform:
 
         Raises:
             ValueError: the image's size is not ``sample.image_size``.
+            pixelkit.data.formats.MissingImageError: the image file is missing, unreadable,
+                truncated or a decompression bomb (a ``ValueError`` naming the file).
         """
         if image is None:
-            with Image.open(sample.image_path) as im:
-                image = im.convert("RGB")
+            # Missing, truncated or bomb images raise the readers' errors (naming the file),
+            # which the data module skips and counts.
+            image = load_rgb(sample.image_path, sample.source or None)
         size_wh = _image_size(image)
         if tuple(size_wh) != tuple(sample.image_size):
             raise ValueError(

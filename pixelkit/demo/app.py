@@ -30,6 +30,9 @@ to 127.0.0.1 unless ``--host`` says otherwise, and ``--share`` is off by default
 # time (gr.SelectData marks the event-data argument).
 import argparse
 import hashlib
+import os
+import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -50,6 +53,8 @@ gr = require("gradio", "the browser demo (pixelkit demo)")
 
 #: Uploads larger than this never reach the handlers (Gradio's own limit).
 MAX_FILE_SIZE = "25mb"
+#: Longest referring expression accepted (the model reads at most max_prompt_tokens of it).
+MAX_EXPRESSION_CHARS = 300
 #: Brush colours of the region editor: a positive click / a box, and a negative click.
 POSITIVE, NEGATIVE = "#22cc44", "#ee2222"
 #: Frames per second of the word-by-word animation.
@@ -383,6 +388,9 @@ class DemoHandlers:
         expression = (expression or "").strip()
         if not expression:
             raise DemoError("type an expression first, e.g. 'the red circle'")
+        if len(expression) > MAX_EXPRESSION_CHARS:
+            raise DemoError(f"the expression is {len(expression):,} characters long; at most "
+                            f"{MAX_EXPRESSION_CHARS} are read")
         im = open_image(image, self.max_pixels)
         enc = self.encode(im)
         result = self.predictor.refer_batch([enc], [expression])[0]
@@ -661,15 +669,50 @@ def run(args: argparse.Namespace) -> int:
     from pixelkit.predictor import Predictor
 
     predictor = Predictor.from_checkpoint(args.ckpt, device=args.device, sam=args.sam)
-    example_dir = Path(tempfile.mkdtemp(prefix="pixelkit-demo-"))
-    examples = shapes_examples(example_dir, n=args.examples) if args.examples > 0 else []
-    demo, _ = build_app(predictor, examples, max_pixels=int(args.max_megapixels * 1e6))
-    print(f"pixelkit demo: {args.ckpt} on http://{args.host}:{args.port}"
-          f"{' (+ public share link)' if args.share else ''}", flush=True)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                max_file_size=MAX_FILE_SIZE, allowed_paths=[str(example_dir)],
-                show_error=True, footer_links=["api", "gradio"])
+    remove_stale_example_dirs()
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM ends the server as Ctrl-C does, so the example folder below is removed.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with tempfile.TemporaryDirectory(prefix=f"{EXAMPLE_DIR_PREFIX}{os.getpid()}-") as tmp:
+        example_dir = Path(tmp)
+        examples = shapes_examples(example_dir, n=args.examples) if args.examples > 0 else []
+        demo, _ = build_app(predictor, examples, max_pixels=int(args.max_megapixels * 1e6))
+        print(f"pixelkit demo: {args.ckpt} on http://{args.host}:{args.port}"
+              f"{' (+ public share link)' if args.share else ''}", flush=True)
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+                    max_file_size=MAX_FILE_SIZE, allowed_paths=[str(example_dir)],
+                    show_error=True, footer_links=["api", "gradio"])
     return 0
+
+
+#: Example folders are ``<tmp>/pixelkit-demo-<pid>-<random>``.
+EXAMPLE_DIR_PREFIX = "pixelkit-demo-"
+
+
+def remove_stale_example_dirs() -> list[Path]:
+    """Remove the example folders of demos that were killed (their process is gone).
+
+    A demo ended normally (Ctrl-C, SIGTERM) removes its own folder; one killed with SIGKILL
+    cannot, so the next start does it. Folders of running demos are left alone.
+    """
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{EXAMPLE_DIR_PREFIX}*"):
+        pid = folder.name[len(EXAMPLE_DIR_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from pixelkit.checkpoint import META_KEY, checkpoint_meta, read_checkpoint
 from pixelkit.config import PixelLLMConfig
 from pixelkit.data.encoding import IGNORE_INDEX, MODEL_KEYS, TASK_IDS
 from pixelkit.eval import refer_accuracy, trace_l1
+from pixelkit.loggers import RUN_STATE_KEY, run_state
 from pixelkit.modeling.pixel_llm import PixelLLM
 from pixelkit.modeling.trainable import format_summary, parameter_summary, set_trainable
 
@@ -122,6 +123,8 @@ class PixelLLMStage(L.LightningModule):
         sources = [f"{s.task}:{s.ann}" for s in getattr(dm, "train_sources", [])]
         checkpoint[META_KEY] = checkpoint_meta(self.model, stage=self.stage_name,
                                                trained_on=sources)
+        if self.trainer.is_global_zero:  # what a resume needs to continue the logs
+            checkpoint[RUN_STATE_KEY] = run_state(self.trainer.loggers)
 
     def on_fit_start(self) -> None:
         if self.global_rank == 0:
@@ -158,7 +161,20 @@ class PixelLLMStage(L.LightningModule):
                     boxes[r] = props[best]
         return boxes
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def _usable(self, batch: dict[str, Any]) -> bool:
+        """Count the batch's skipped images (the data module stops the run past its share);
+        False when none of its images could be used."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if batch.get("skipped_images") and hasattr(dm, "account"):
+            dm.account(batch)
+        if getattr(dm, "bad_images", None):
+            self.log("data/skipped_images", float(len(dm.bad_images)), batch_size=1,
+                     add_dataloader_idx=False)
+        return "images" in batch
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if not self._usable(batch):
+            return None  # every image of the batch was bad: Lightning skips the step
         out = self._forward(batch, train=True)
         bs = len(batch["labels"])
         for name, value in out.losses.items():
@@ -168,6 +184,8 @@ class PixelLLMStage(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int,
                         dataloader_idx: int = 0) -> None:
+        if not self._usable(batch):
+            return
         out = self._forward(batch, train=False)
         task, labels = batch["task"], batch["labels"]
         valid = labels != IGNORE_INDEX

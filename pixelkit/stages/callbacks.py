@@ -54,7 +54,10 @@ class PredictionImages(L.Callback):
         predictor = Predictor(pl_module.model, trainer.datamodule.tokenizer, device=pl_module.device)
         panels, captions = [], []
         for s in samples:
-            predictor.set_image(s.image_path)
+            try:
+                predictor.set_image(s.image_path)
+            except ValueError:  # a bad image: the data module skips and counts it
+                continue
             image = predictor.image.image
             cap = predictor.caption()
             row = [draw_trace(image, cap.words, cap.points, min_side=192)]
@@ -71,7 +74,7 @@ class PredictionImages(L.Callback):
         out_dir.mkdir(parents=True, exist_ok=True)
         for i, panel in enumerate(panels):
             panel.save(out_dir / f"step{trainer.global_step:06d}_{i}.png")
-        for logger in trainer.loggers:
+        for logger in trainer.loggers if panels else []:
             if hasattr(logger, "log_image"):  # WandbLogger: wandb.Image per panel
                 logger.log_image(key="val/predictions", images=panels, caption=captions,
                                  step=trainer.global_step)

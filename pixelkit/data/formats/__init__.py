@@ -41,6 +41,7 @@ from pixelkit.data.formats._common import (
     TruncatedImageError,
     ZeroAreaBoxError,
     decode_image,
+    load_rgb,
     load_json,
     to_loca_caption,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "UnsafePickleError",
     "ZeroAreaBoxError",
     "decode_image",
+    "load_rgb",
     "default_instances_path",
     "detect_and_load",
     "detect_format",

@@ -512,9 +512,32 @@ def decode_image(path: str, where: str) -> tuple[int, int]:
         ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
-def _open_image(path: str, where: str, decode: bool) -> tuple[int, int]:
+def load_rgb(path: str | os.PathLike[str], where: str | None = None) -> Any:
+    """Open an image and decode it to RGB, with the readers' errors (never a raw PIL one).
+
+    What training, evaluation and the Predictor read images with: a missing, unreadable,
+    truncated or decompression-bomb image is a :class:`MissingImageError` /
+    :class:`TruncatedImageError` / :class:`BombImageError` (all ``DataFormatError``, so
+    ``ValueError``) whose message names the file, and its ``reason`` says which, for the
+    skip-and-count rule. PIL's global ``LOAD_TRUNCATED_IMAGES`` is left as it is (off
+    unless the user turned it on); unlike :func:`decode_image` this is safe in threads.
+
+    Args:
+        path: the image file.
+        where: the record it belongs to, for the message (default: none).
+
+    Returns:
+        The ``PIL.Image.Image`` in RGB.
+    """
+    return _open_image(str(path), where, decode="rgb")
+
+
+def _open_image(path: str, where: str | None, decode: bool | str) -> Any:
+    """The size (``decode`` False: header only; True: all pixels decoded), or with
+    ``decode="rgb"`` the decoded RGB image."""
     from PIL import Image, UnidentifiedImageError
 
+    at = f"{where}: " if where else ""
     with warnings.catch_warnings():
         # PIL warns between MAX_IMAGE_PIXELS and twice that and raises above; a header
         # that large is as suspect at either level, so both refuse the image.
@@ -524,23 +547,25 @@ def _open_image(path: str, where: str, decode: bool) -> tuple[int, int]:
                 size = int(im.size[0]), int(im.size[1])
                 if decode:
                     try:
+                        if decode == "rgb":
+                            return im.convert("RGB")
                         im.load()
                     except (OSError, SyntaxError, ValueError, EOFError) as e:
                         raise TruncatedImageError(
-                            f"{where}: image file {path} is truncated or corrupt ({e})"
+                            f"{at}image file {path} is truncated or corrupt ({e})"
                         ) from None
                 return size
         except DataFormatError:  # (a ValueError itself: not to be wrapped below)
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise BombImageError(
-                f"{where}: image file {path} refused as a possible decompression bomb ({e})"
+                f"{at}image file {path} refused as a possible decompression bomb ({e})"
             ) from None
         except FileNotFoundError:
-            raise MissingImageError(f"{where}: image file {path} not found") from None
+            raise MissingImageError(f"{at}image file {path} not found") from None
         except (UnidentifiedImageError, OSError, ValueError) as e:
             # ValueError: a name PIL cannot even try (an embedded NUL, a lone surrogate).
-            raise MissingImageError(f"{where}: image file {path} cannot be read ({e})") from None
+            raise MissingImageError(f"{at}image file {path} cannot be read ({e})") from None
 
 
 def check_image(path: str, size: tuple[int, int], sizes: ImageSizes, where: str) -> None:
