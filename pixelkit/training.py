@@ -20,6 +20,7 @@ them. Before anything is built, ``init_from``, the annotation files and image fo
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from pixelkit.checkpoint import checkpoint_problem, load_checkpoint_file
 from pixelkit.data.datamodule import PixelDataModule
-from pixelkit.files import remove_partial_files
+from pixelkit.files import atomic_save, remove_partial_files
 from pixelkit.loggers import RUN_STATE_KEY, resume_logger_args
 from pixelkit.stages.base import PixelLLMStage
 
@@ -86,6 +87,13 @@ def _resolve_config_args(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _entries(value: Any) -> list[Any]:
+    """A config value that may be one ``class_path`` namespace, a list of them, or None."""
+    if value is None or isinstance(value, bool):
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
 def available_loggers(loggers: Any) -> Any:
     """The trainer's ``logger`` setting without the W&B logger when wandb is not installed.
 
@@ -99,7 +107,7 @@ def available_loggers(loggers: Any) -> Any:
     """
     from pixelkit.optional import available
 
-    entries = loggers if isinstance(loggers, list) else [loggers]
+    entries = _entries(loggers)
     wandb = [lg for lg in entries if str(getattr(lg, "class_path", "")).endswith("WandbLogger")]
     if not wandb or available("wandb"):
         return loggers
@@ -113,13 +121,6 @@ def available_loggers(loggers: Any) -> Any:
         kept = [Namespace(class_path="pixelkit.loggers.CSVLogger",
                           init_args=Namespace(save_dir=save_dir, name="csv"))]
     return kept if isinstance(loggers, list) else kept[0]
-
-
-def _entries(value: Any) -> list[Any]:
-    """A config value that may be one ``class_path`` namespace, a list of them, or None."""
-    if value is None or isinstance(value, bool):
-        return []
-    return list(value) if isinstance(value, list) else [value]
 
 
 def _checkpoint_dirs(config: Any) -> list[Path]:
@@ -153,7 +154,17 @@ def resolve_resume(ckpt_path: str | None, dirs: Sequence[Path]) -> str | None:
     for path in candidates:
         problem = checkpoint_problem(path)
         if problem is None:
-            if path.name != "last.ckpt":
+            last = path.parent / "last.ckpt"
+            if path != last and last.exists():
+                # last.ckpt is older (a kill came between the two writes of a validation)
+                # or broken: it becomes the state resumed from, so that a run resumed at
+                # its final step still leaves last.ckpt final.
+                with open(path, "rb") as src:
+                    atomic_save(lambda f: shutil.copyfileobj(src, f), last)
+                print(f"[pixelkit] --ckpt_path last: {path} is the newest checkpoint that "
+                      "reads; copied to last.ckpt")
+                return str(last)
+            if path != last:
                 print(f"[pixelkit] --ckpt_path last: resuming from {path}, the newest "
                       "checkpoint that reads")
             return str(path)

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -507,3 +508,5 @@ def test_browser_end_to_end(model, tmp_path) -> None:
             browser.close()
     finally:
         stop(server)
+    # SIGTERM ends the demo as Ctrl-C does: its example folder is gone with it.
+    assert not list(Path(tempfile.gettempdir()).glob(f"pixelkit-demo-{server.pid}-*"))

@@ -76,11 +76,21 @@ class SourceConfig:
             raise ValueError(f"SourceConfig.weight must be >= 0, got {self.weight} ({self.ann})")
 
 
-def read_source(src: SourceConfig, strict: bool = False) -> list[Sample]:
-    """Read a source's samples (non-strict: bad records are skipped and counted)."""
+def read_source(src: SourceConfig, strict: bool = False,
+                bad_images: dict[str, str] | None = None) -> list[Sample]:
+    """Read a source's samples (non-strict: bad records are skipped and counted).
+
+    Args:
+        src: the source.
+        strict: stop at the first bad record.
+        bad_images: collects the image files the reader could not use (path -> message).
+    """
     reader_task = {"trace": None, "caption": None, "refer": None}.get(src.task, src.task)
     samples, report = read_any(src.ann, src.images, strict=strict, task=reader_task,
                                format=src.format)
+    if bad_images is not None:
+        for path, message in report.bad_images.items():
+            bad_images.setdefault(path, message)
     if report.skipped:
         print(f"[pixelkit] {src.ann}: read {report.records}, skipped {report.skipped} "
               f"(first error: {report.errors[0] if report.errors else '-'})")
@@ -356,6 +366,15 @@ class PixelDataModule(L.LightningDataModule):
                             val=[dataclasses.asdict(s) for s in self.val_sources])
         if not self.train_sources:
             raise ValueError("PixelDataModule.train needs at least one source")
+        for split, sources in (("train", self.train_sources), ("val", self.val_sources)):
+            first: dict[tuple[str, str], int] = {}
+            for i, src in enumerate(sources):
+                key = (src.task, str(Path(src.ann).resolve()))
+                if key in first:  # the readers' rule for repeated records, for whole files
+                    raise ValueError(f"data.{split}[{i}] repeats data.{split}[{first[key]}] "
+                                     f"({src.task}: {src.ann}); to sample a source more, "
+                                     "raise its weight")
+                first[key] = i
         if not 0 <= max_bad_image_share <= 1:
             raise ValueError(f"PixelDataModule.max_bad_image_share must be in [0, 1], "
                              f"got {max_bad_image_share}")
@@ -367,8 +386,9 @@ class PixelDataModule(L.LightningDataModule):
 
     def _dataset(self, src: SourceConfig, train: bool) -> TaskDataset:
         hp = self.hparams
-        samples = read_source(src) if train else read_source(
-            SourceConfig(**{**src.__dict__, "limit": src.limit or hp.val_limit}))
+        samples = read_source(src, bad_images=self.bad_images) if train else read_source(
+            SourceConfig(**{**src.__dict__, "limit": src.limit or hp.val_limit}),
+            bad_images=self.bad_images)
         if not samples:
             raise ValueError(f"source {src.ann} ({src.task}) has no usable samples")
         transform = (TrainTransform(hp.image_size, hflip_prob=hp.hflip_prob,
@@ -386,6 +406,11 @@ class PixelDataModule(L.LightningDataModule):
             self.train_set = MixtureDataset([self._dataset(s, True) for s in self.train_sources])
         if not self.val_sets and self.val_sources:
             self.val_sets = [self._dataset(s, False) for s in self.val_sources]
+        if self.bad_images:  # the readers' skipped images count too; too many stops here
+            print(f"[pixelkit] {len(self.bad_images)} image(s) could not be used and were "
+                  f"skipped (counted in data/skipped_images); first: "
+                  f"{next(iter(self.bad_images.values()))}")
+            self._check_share()
 
     def _collate(self, examples: list[Example | SkippedImage]) -> dict[str, Any]:
         """:func:`collate` of the usable examples; ``skipped_images`` lists the others.
@@ -399,9 +424,18 @@ class PixelDataModule(L.LightningDataModule):
         return batch
 
     def num_images(self) -> int:
-        """Distinct images of the training and validation sets (after setup)."""
+        """Distinct images of the data, bad ones included (after setup)."""
         sets = [*(self.train_set.parts if self.train_set else []), *self.val_sets]
-        return len({s.image_path for ds in sets for s in ds.samples})
+        return len({s.image_path for ds in sets for s in ds.samples} | set(self.bad_images))
+
+    def _check_share(self) -> None:
+        """Raise once more than ``max_bad_image_share`` of the images are bad."""
+        total = max(self.num_images(), 1)
+        if len(self.bad_images) > self.hparams.max_bad_image_share * total:
+            first = "; ".join(list(self.bad_images.values())[:3])
+            raise ValueError(
+                f"{len(self.bad_images)} of {total} images cannot be used, more than "
+                f"data.max_bad_image_share={self.hparams.max_bad_image_share:g}; first: {first}")
 
     def account(self, batch: dict[str, Any]) -> int:
         """Count a batch's skipped images; returns how many distinct bad images so far.
@@ -416,12 +450,7 @@ class PixelDataModule(L.LightningDataModule):
                 if len(self.bad_images) <= 10:
                     print(f"[pixelkit] skipped a bad image (counted in data/skipped_images): "
                           f"{message}")
-        allowed = self.hparams.max_bad_image_share * max(self.num_images(), 1)
-        if len(self.bad_images) > allowed:
-            first = "; ".join(list(self.bad_images.values())[:3])
-            raise ValueError(
-                f"{len(self.bad_images)} of {self.num_images()} images cannot be used, more than "
-                f"data.max_bad_image_share={self.hparams.max_bad_image_share:g}; first: {first}")
+                self._check_share()
         return len(self.bad_images)
 
     def _trained_batches(self) -> int:

@@ -96,7 +96,8 @@ class Sample:
 class ReadReport:
     """What a reader did with a file: how many records it read, skipped and why.
 
-    ``errors`` keeps the first few messages (each names file, line or index, and field);
+    ``errors`` keeps the first few messages (each names file, line or index, and field),
+    ``bad_images`` the image files that were missing, unreadable or refused;
     ``counts`` counts non-fatal fix-ups (e.g. ``"clipped_boxes"``,
     ``"narratives_without_trace"``) so nothing is changed or dropped silently.
     """
@@ -108,6 +109,9 @@ class ReadReport:
     errors: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     max_errors: int = 20
+    #: Image files that could not be used, with the first message of each (the data
+    #: module counts bad images across its sources and its loaders from these).
+    bad_images: dict[str, str] = field(default_factory=dict)
 
     def count(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n

@@ -161,19 +161,23 @@ class PixelLLMStage(L.LightningModule):
                     boxes[r] = props[best]
         return boxes
 
-    def _usable(self, batch: dict[str, Any]) -> bool:
+    def _usable(self, batch: dict[str, Any], log: bool = False) -> bool:
         """Count the batch's skipped images (the data module stops the run past its share);
-        False when none of its images could be used."""
+        False when none of its images could be used.
+
+        Args:
+            log: log the running count ``data/skipped_images`` (from training steps: the
+                count is cumulative, so the images validation met show up at the next one).
+        """
         dm = getattr(self.trainer, "datamodule", None)
         if batch.get("skipped_images") and hasattr(dm, "account"):
             dm.account(batch)
-        if getattr(dm, "bad_images", None):
-            self.log("data/skipped_images", float(len(dm.bad_images)), batch_size=1,
-                     add_dataloader_idx=False)
+        if log and getattr(dm, "bad_images", None):
+            self.log("data/skipped_images", float(len(dm.bad_images)), batch_size=1)
         return "images" in batch
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        if not self._usable(batch):
+        if not self._usable(batch, log=True):
             return None  # every image of the batch was bad: Lightning skips the step
         out = self._forward(batch, train=True)
         bs = len(batch["labels"])

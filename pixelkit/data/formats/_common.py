@@ -50,9 +50,14 @@ _NUMBER = (int, float)
 
 class MissingImageError(DataFormatError):
     """An image that a reader needs (for its size, or because ``check_images=True``)
-    is missing or cannot be opened; the message names the file."""
+    is missing or cannot be opened; the message names the file.
+
+    Attributes:
+        path: the image file, when known (the data module counts bad images by file).
+    """
 
     reason = "missing_images"
+    path: str | None = None
 
 
 class ZeroAreaBoxError(DataFormatError):
@@ -123,6 +128,8 @@ class Collector:
         self.report.skip(str(exc))
         self.report.skipped += n - 1
         self.report.count(reason_of(exc), n)
+        if getattr(exc, "path", None):
+            self.report.bad_images.setdefault(exc.path, str(exc))
 
     def note(self, key: str, n: int = 1) -> None:
         """Count a fix-up made to the current record (kept only if the record is)."""
@@ -534,10 +541,18 @@ def load_rgb(path: str | os.PathLike[str], where: str | None = None) -> Any:
 
 def _open_image(path: str, where: str | None, decode: bool | str) -> Any:
     """The size (``decode`` False: header only; True: all pixels decoded), or with
-    ``decode="rgb"`` the decoded RGB image."""
+    ``decode="rgb"`` the decoded RGB image. Errors carry the file in ``path``."""
+    at = f"{where}: " if where else ""
+    try:
+        return _open_image_or_raise(path, at, decode)
+    except MissingImageError as err:
+        err.path = path
+        raise
+
+
+def _open_image_or_raise(path: str, at: str, decode: bool | str) -> Any:
     from PIL import Image, UnidentifiedImageError
 
-    at = f"{where}: " if where else ""
     with warnings.catch_warnings():
         # PIL warns between MAX_IMAGE_PIXELS and twice that and raises above; a header
         # that large is as suspect at either level, so both refuse the image.
