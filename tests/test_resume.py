@@ -193,6 +193,7 @@ def test_killed_while_writing_a_checkpoint(world: Path, tmp_path: Path) -> None:
     assert_complete(run)
 
 
+@pytest.mark.extra("wandb")
 def test_resume_continues_the_wandb_run_and_moves_an_old_log_aside(world: Path,
                                                                     tmp_path: Path) -> None:
     run = tmp_path / "run"
