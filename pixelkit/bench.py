@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -191,128 +189,6 @@ _LN_VOCAB = (
     "in this image there is a large small red green blue circle square triangle "
     "on the left right top bottom and , ."
 )
-_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
-_SHAPES = ("circle", "square", "triangle")
-
-
-def shapes_narratives(num: int, seed: int = 0, canvas: int = 64) -> list[dict[str, Any]]:
-    """Shapes-world-style Localized Narratives records (DESIGN.md section 4), in memory.
-
-    A stand-in for :mod:`pixelkit.data.synth` with the same narrative grammar: one utterance
-    per whitespace word (0.3-0.5 s each, punctuation included), a ~20 Hz mouse trace that
-    wanders inside an object's box while its phrase is spoken and travels between objects
-    otherwise. Coordinates are normalised to the canvas.
-
-    Args:
-        num: number of records.
-        seed: numpy seed.
-        canvas: side of the square canvas in pixels (only for the object sizes).
-
-    Returns:
-        LN records (dicts) with ``caption``, ``timed_caption`` and ``traces``.
-    """
-    rng = np.random.default_rng(seed)
-    records = []
-    for idx in range(num):
-        n_obj = int(rng.integers(1, 4))
-        objects = []
-        for _ in range(n_obj):
-            large = bool(rng.random() < 0.5)
-            side = rng.uniform(0.32, 0.44) if large else rng.uniform(0.16, 0.24)
-            x0, y0 = rng.uniform(0, 1 - side, size=2)
-            objects.append((x0, y0, x0 + side, y0 + side, large))
-        objects.sort(key=lambda o: o[0] + o[2])
-        words: list[tuple[str, int]] = [(w, -1) for w in ["in", "this", "image", "there", "is"]]
-        for k, (x0, y0, x1, y1, large) in enumerate(objects):
-            if k:
-                words.append(("and" if k == n_obj - 1 else ",", -1))
-            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-            horiz = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else ""
-            vert = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else ""
-            if horiz and vert:
-                loc = f"in the {vert} {horiz}"
-            elif horiz:
-                loc = f"on the {horiz}"
-            elif vert:
-                loc = f"at the {vert}"
-            else:
-                loc = "in the center"
-            size = "large " if large else ("small " if rng.random() < 0.5 else "")
-            phrase = f"a {size}{_COLOURS[rng.integers(6)]} {_SHAPES[rng.integers(3)]} {loc}"
-            words += [(w, k) for w in phrase.split()]
-        words.append((".", -1))
-
-        timed, points = [], []
-        t = 0.0
-        pos = np.array([0.5, 0.5])
-        for w, obj in words:
-            dur = float(rng.uniform(0.3, 0.5))
-            timed.append({"utterance": w, "start_time": round(t, 3), "end_time": round(t + dur, 3)})
-            for tt in np.arange(t, t + dur, 0.05):
-                if obj >= 0:
-                    x0, y0, x1, y1, _ = objects[obj]
-                    target = rng.uniform([x0, y0], [x1, y1])
-                else:
-                    nxt = next((o for ww, o in words if o >= 0), 0)
-                    x0, y0, x1, y1, _ = objects[nxt]
-                    target = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
-                pos = pos + 0.5 * (target - pos)
-                points.append(
-                    {"x": round(float(pos[0]), 4), "y": round(float(pos[1]), 4), "t": round(tt, 3)}
-                )
-            t += dur
-        records.append(
-            {
-                "dataset_id": "shapes",
-                "image_id": str(idx),
-                "annotator_id": 0,
-                "caption": " ".join(w for w, _ in words),
-                "timed_caption": timed,
-                "traces": [points],
-                "voice_recording": "",
-            }
-        )
-    return records
-
-
-def _synth_records(num: int, seed: int) -> list[dict[str, Any]] | None:
-    """Narratives from :mod:`pixelkit.data.synth` when it is there and callable as documented."""
-    try:
-        from pixelkit.data import synth  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - synth is optional here; any failure -> own generator
-        return None
-    fn = getattr(synth, "synthesize", None)
-    if fn is None:
-        return None
-    try:
-        params = inspect.signature(fn).parameters
-        with tempfile.TemporaryDirectory() as tmp:
-            kwargs: dict[str, Any] = {}
-            for key, val in (
-                ("num_images", num),
-                ("seed", seed),
-                ("image_size", 64),
-                ("progress", False),
-            ):
-                if key in params:
-                    kwargs[key] = val
-            out_key = next(
-                (k for k in ("out", "out_dir", "output_dir", "root") if k in params), None
-            )
-            if out_key is not None:
-                kwargs[out_key] = tmp
-                fn(**kwargs)
-            else:
-                fn(tmp, **kwargs)
-            lines = []
-            for split in ("train", "val"):
-                path = Path(tmp) / "annotations" / f"localized_narratives_{split}.jsonl"
-                if path.exists():
-                    lines += path.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
-    except Exception as err:  # noqa: BLE001 - fall back to the bench's own generator
-        print(f"pixelkit bench: pixelkit.data.synth not usable here ({err!r})", file=sys.stderr)
-        return None
 
 
 def _fixture_records() -> list[dict[str, Any]]:
@@ -427,10 +303,9 @@ def bench_data(args: argparse.Namespace) -> dict[str, float]:
     quick = bool(getattr(args, "quick", False))
     seconds = 0.4 if quick else 2.0
     num = 100 if quick else 400
-    records = _synth_records(num, seed=0)
-    from_synth = records is not None
-    if records is None:
-        records = shapes_narratives(num, seed=0)
+    from pixelkit.data.synth import narrative_records
+
+    records = narrative_records(num, seed=0)
     fixture = _fixture_records()
     toks = build_bench_tokenizers([r["caption"] for r in records + fixture])
 
@@ -442,7 +317,7 @@ def bench_data(args: argparse.Namespace) -> dict[str, float]:
 
         return fn
 
-    out: dict[str, float] = {"shapes_from_synth": float(from_synth), "records": float(len(records))}
+    out: dict[str, float] = {"records": float(len(records))}
     ln_sized = ln_sized_narratives(max(20, num // 4), seed=1)
     with single_core():
         out["utterance_locations_per_second"] = _throughput(utterance_locations, records, seconds)[

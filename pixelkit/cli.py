@@ -29,7 +29,7 @@ def _info_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _info_run(args: argparse.Namespace) -> int:
-    from pixelkit.tutorial import describe_model
+    from pixelkit.modeling.summary import describe_model
 
     # On the meta device only shapes exist: the paper model (~3.8 B parameters) is
     # described without allocating its weights or downloading anything.
@@ -44,6 +44,8 @@ _COMMANDS: dict[str, tuple[str, str | tuple[Callable, Callable]]] = {
              (_info_arguments, _info_run)),
     "quickstart": ("shapes world -> four stages on CPU -> metrics.json, report.md, checkpoint",
                    "pixelkit.quickstart"),
+    "study": ("one parameter over values and seeds: every run's config checked, trained, "
+              "summarised (mean +- std)", "pixelkit.runs"),
     "synth": ("write the shapes world (images + annotations in the real formats)",
               "pixelkit.data.synth"),
     "eval": ("metrics of a checkpoint on an annotation file (refer, captions, densecap, trace)",

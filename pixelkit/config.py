@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -394,19 +397,25 @@ class PixelLLMConfig:
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> PixelLLMConfig:
-        """A named preset, with optional top-level or dotted overrides.
+    def from_name(cls, name: str, overrides: Mapping[str, Any] | None = None,
+                  **dotted: Any) -> PixelLLMConfig:
+        """A named preset with overrides, every key checked against the dataclasses.
 
         Args:
             name: one of :data:`PRESETS` (``tiny``, ``base``, ``paper``).
-            **overrides: e.g. ``image_size=96`` or ``{"extractor.depth": 4}`` passed as
+            overrides: nested changes, e.g. ``{"loss": {"point_weight": 4.0}}`` (what a
+                stage's ``model:`` holds); see :func:`apply_overrides`.
+            **dotted: the same as keyword arguments: ``image_size=96`` or
                 ``**{"extractor.depth": 4}``.
+
+        Raises:
+            ValueError: an unknown preset, or an override naming no field (the message
+                names it and the closest field).
         """
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        data = PRESETS[name]()
-        for key, value in overrides.items():
-            _set_dotted(data, key, value)
+        data = apply_overrides(PRESETS[name](), overrides or {})
+        data = apply_overrides(data, nest_dotted(dotted))
         data["name"] = name
         return cls.from_dict(data)
 
@@ -433,17 +442,62 @@ class PixelLLMConfig:
         return PixelLLMConfig.from_dict(data)
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = data
-    if len(parts) > 1 and parts[0] not in _SUBCONFIGS:
-        raise ValueError(f"override {key!r}: {parts[0]!r} is not a config section; "
-                         f"sections: {sorted(_SUBCONFIGS)}")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"override {key!r}: {p!r} is not a config section")
-    node[parts[-1]] = value
+def nest_dotted(dotted: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"loss.point_weight": 4}`` -> ``{"loss": {"point_weight": 4}}``."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {key!r}: {part!r} is given a value and a field")
+        node[leaf] = value
+    return out
+
+
+def _dataclass_fields(cls: type) -> dict[str, type | None]:
+    """Field name -> the field's dataclass type (None for plain values, lists, dicts)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] if dataclasses.is_dataclass(hints[f.name]) else None
+            for f in dataclasses.fields(cls)}
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any],
+                    cls: type = None, where: str = "model") -> dict[str, Any]:  # type: ignore[assignment]
+    """``data`` (a config as a dict) with nested ``overrides`` merged in, typed.
+
+    Every key must be a field of the config dataclass at its place: a nested dict goes
+    into a sub-config field by field (``{"language_model": {"lora": {"r": 8}}}`` changes
+    ``r`` only); any other value (a number, a list, a free-form dict such as ``arch``)
+    replaces the field's value. The dataclasses themselves check the values when the
+    config is built.
+
+    Args:
+        data: the config dict (e.g. a preset's); not modified.
+        overrides: the changes.
+        cls: the dataclass ``data`` describes (default :class:`PixelLLMConfig`).
+        where: the name of ``data`` in messages (``model``: as in a stage's YAML).
+
+    Raises:
+        ValueError: a key that is no field; the message names it (``model.loss.pointweight``)
+            and suggests the closest field.
+    """
+    cls = cls or PixelLLMConfig
+    fields = _dataclass_fields(cls)
+    out = copy.deepcopy(dict(data))
+    for key, value in overrides.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.5)
+            hint = (f"; did you mean {where}.{close[0]}?" if close
+                    else f" (its fields: {', '.join(fields)})")
+            raise ValueError(f"{where}.{key}: {cls.__name__} has no field {key!r}{hint}")
+        sub = fields[key]
+        if sub is not None and isinstance(value, Mapping):
+            out[key] = apply_overrides(out.get(key) or {}, value, sub, f"{where}.{key}")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 # --------------------------------------------------------------------------- presets
@@ -540,3 +594,69 @@ def _paper() -> dict[str, Any]:
 
 #: Named presets: name -> function returning a fresh nested dict.
 PRESETS: dict[str, Any] = {"tiny": _tiny, "base": _base, "paper": _paper}
+
+
+# --------------------------------------------------------------------------- typed overrides
+
+
+def _overrides_type(cls: type, made: dict[type, type]) -> type:
+    """The "overrides" twin of a config dataclass: every field optional, default None, and
+    sub-configs nested (their twins, built with every field unset)."""
+    if cls in made:
+        return made[cls]
+    hints = typing.get_type_hints(cls)
+    fields: list[tuple[str, Any, Any]] = []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            sub = _overrides_type(hint, made)
+            fields.append((f.name, sub, field(default_factory=sub)))
+        else:
+            fields.append((f.name, typing.Optional[hint], field(default=None)))  # noqa: UP045
+    twin = dataclasses.make_dataclass(
+        f"{cls.__name__}Overrides", fields,
+        namespace={"__doc__": f"Changes to a preset's :class:`{cls.__name__}`: every field "
+                              "None (keep the preset's value) unless set."})
+    twin.__module__ = __name__
+    globals()[twin.__name__] = twin  # importable by name (pickling, jsonargparse dumps)
+    made[cls] = twin
+    return twin
+
+
+#: A stage's ``model:`` argument: changes to its preset's :class:`PixelLLMConfig`, typed.
+#: Its fields mirror the config's (every one None = keep the preset's value), so
+#: LightningCLI parses ``model: {loss: {point_weight: 2.0}}`` field by field: the value is
+#: type-checked, an unknown field is an error naming it, and a later config file or a
+#: command-line ``--model.init_args.model.loss.point_weight 4`` changes that field alone
+#: (a plain ``dict`` would be replaced whole, silently dropping what base.yaml set).
+ModelOverrides: type = _overrides_type(PixelLLMConfig, {})
+
+
+def overrides_dict(overrides: Any) -> dict[str, Any]:
+    """Overrides as a nested dict of what is set: a :data:`ModelOverrides` loses its unset
+    (None) fields and empty groups; a dict (or None) is taken as it is."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, Mapping):
+        return copy.deepcopy(dict(overrides))
+    if not (dataclasses.is_dataclass(overrides) and type(overrides).__name__.endswith("Overrides")):
+        raise TypeError(f"model overrides must be a dict or ModelOverrides, got "
+                        f"{type(overrides).__name__}")
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(overrides):
+        value = getattr(overrides, f.name)
+        if dataclasses.is_dataclass(value) and type(value).__name__.endswith("Overrides"):
+            if nested := overrides_dict(value):
+                out[f.name] = nested
+        elif value is not None:
+            out[f.name] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Dataclass instances (e.g. a list of BackboneConfig) as plain dicts."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

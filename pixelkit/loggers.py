@@ -119,14 +119,22 @@ class CSVLogger(LightningCSVLogger):
     """Lightning's ``CSVLogger`` with a log that survives new runs and resumes.
 
     Args:
+        save_dir: where the log goes; ``pixelkit fit`` puts it in the run's folder when it
+            is left out.
+        name: the log's sub-folder (default ``csv``).
+        version: a sub-folder below it; ``""`` (the default): none, one log per run folder,
+            which a resumed run continues.
         resume_rows: set by ``pixelkit fit --ckpt_path`` from the checkpoint: the rows of
             ``metrics.csv`` logged up to it (None: a new run).
-        *args, **kwargs: Lightning's ``CSVLogger`` arguments (``save_dir``, ``name``,
-            ``version``, ...).
+        **kwargs: Lightning's other ``CSVLogger`` arguments (``prefix``,
+            ``flush_logs_every_n_steps``).
     """
 
-    def __init__(self, *args: Any, resume_rows: int | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, save_dir: str | None = None, name: str = "csv",
+                 version: int | str | None = "", resume_rows: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(save_dir if save_dir is not None else ".", name=name, version=version,
+                         **kwargs)
         self.resume_rows = resume_rows
 
     @property

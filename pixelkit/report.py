@@ -43,11 +43,13 @@ def pointing_accuracy_on(predictor: Any, data: Path, split: str = "val",
     Returns:
         (metrics, per-image ``(image path, CaptionResult, objects)`` for the pictures).
     """
+    from pixelkit.data import catalog
     from pixelkit.eval import pointing_counts
 
-    objects = shapes_objects(data / "annotations" / f"instances_{split}.json")
+    layout = catalog.get(f"shapes/{split}")
+    objects = shapes_objects(layout.annotation("detection", data))
     ids = sorted(objects)[:limit] if limit else sorted(objects)
-    paths = [data / "images" / split / f"{i:012d}.png" for i in ids]
+    paths = [layout.image_path(i, data) for i in ids]
     hits = total = 0
     shown = []
     for start in range(0, len(paths), 32):
@@ -72,16 +74,16 @@ def evaluate_final(out: Path, last_ckpt: Path, stages: dict[str, Any],
     from pixelkit.evaluate import evaluate, load_samples
     from pixelkit.predictor import Predictor
 
+    from pixelkit.data import catalog
+
     data = out / "data"
     model, meta = load_model(last_ckpt)
     predictor = Predictor(model)
-    ann, images = data / "annotations", data / "images" / "val"
-    tasks = {"refer": ann / "finetune_refcoco_val.json", "loca-caption": ann / "vg_val.json",
-             "caption": ann / "captions_val.json", "trace": ann / "localized_narratives_val.jsonl",
-             "densecap": ann / "vg_val.json"}
+    val = catalog.get("shapes/val")
     metrics: dict[str, Any] = {}
-    for task, path in tasks.items():
-        samples = load_samples(task, path, images)[0]
+    for task in ("refer", "loca-caption", "caption", "trace", "densecap"):
+        path = val.annotation(task.replace("-", "_"), data)
+        samples = load_samples(task, path, val.image_dir(data))[0]
         samples = samples[:limit] if limit else samples
         result, _ = evaluate(task, predictor, samples, batch_size=32, progress=True)
         key = task.replace("-", "_")
@@ -98,21 +100,23 @@ def evaluate_final(out: Path, last_ckpt: Path, stages: dict[str, Any],
 
 def _pictures(out: Path, ckpt: Path, n: int = 4) -> dict[str, Path]:
     """PNGs of traces, referring boxes, region captions and dense captions on val images."""
+    from pixelkit.data import catalog
     from pixelkit.predictor import Predictor
 
     data = out / "data"
+    val = catalog.get("shapes/val")
     predictor = Predictor.from_checkpoint(ckpt)
     pics = out / "report"
     pics.mkdir(parents=True, exist_ok=True)
-    refer = json.loads((data / "annotations" / "finetune_refcoco_val.json").read_text())
+    refer = json.loads(val.annotation("refer", data).read_text())
     exprs: dict[int, list[str]] = {}
     for im in refer["images"]:
         exprs.setdefault(im["original_id"], []).append(im["caption"])
-    objects = shapes_objects(data / "annotations" / "instances_val.json")
+    objects = shapes_objects(val.annotation("detection", data))
     ids = sorted(objects)[:n]
     rows = {"traces": [], "refer": [], "regions": [], "densecap": []}
     for image_id in ids:
-        path = data / "images" / "val" / f"{image_id:012d}.png"
+        path = val.image_path(image_id, data)
         predictor.set_image(path)
         image = predictor.image.image
         cap = predictor.caption()

@@ -20,6 +20,7 @@ them. Before anything is built, ``init_from``, the annotation files and image fo
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +56,22 @@ def packaged_configs() -> list[str]:
                   for p in CONFIG_DIR.rglob("*.yaml"))
 
 
+def config_files(value: str | Path) -> list[Path]:
+    """The files one ``--config`` value stands for.
+
+    A packaged stage (``trace``, ``real/trace``) is its shared base file and its deltas
+    (``base.yaml`` then ``trace.yaml``), which LightningCLI composes in that order; a file
+    of your own is used as it is (stack it on a packaged one: ``--config trace --config
+    mine.yaml``).
+    """
+    path = resolve_config(value)
+    base = path.parent / "base.yaml"
+    if path.parent in (CONFIG_DIR, CONFIG_DIR / "real") and path != base and base.is_file() \
+            and not Path(value).is_file():
+        return [base, path]
+    return [path]
+
+
 def resolve_config(value: str | Path) -> Path:
     """A ``--config`` value as a file: an existing path, else a packaged config by name.
 
@@ -76,14 +93,19 @@ def resolve_config(value: str | Path) -> Path:
 
 
 def _resolve_config_args(argv: Sequence[str]) -> list[str]:
-    """``argv`` with every ``--config`` / ``-c`` value turned into a file path."""
-    out, args = [], list(argv)
+    """``argv`` with every ``--config`` / ``-c`` value turned into its file(s)
+    (:func:`config_files`: a packaged stage brings its base file first)."""
+    out: list[str] = []
+    args = list(argv)
     for i, arg in enumerate(args):
         if arg.startswith("--config="):
-            arg = f"--config={resolve_config(arg.split('=', 1)[1])}"
+            files = config_files(arg.split("=", 1)[1])
+            out += [x for f in files for x in ("--config", str(f))]
         elif i > 0 and args[i - 1] in ("--config", "-c"):
-            arg = str(resolve_config(arg))
-        out.append(arg)
+            files = config_files(arg)
+            out += [str(files[0])] + [x for f in files[1:] for x in (args[i - 1], str(f))]
+        else:
+            out.append(arg)
     return out
 
 
@@ -174,6 +196,71 @@ def resolve_resume(ckpt_path: str | None, dirs: Sequence[Path]) -> str | None:
     return None
 
 
+def _stage_name(config: Any) -> str:
+    """The stage name of the config's LightningModule class (``custom`` for others)."""
+    import importlib
+
+    module, _, name = str(config.model.class_path).rpartition(".")
+    return getattr(getattr(importlib.import_module(module), name), "stage_name", "custom")
+
+
+def fill_run_paths(config: Any) -> Path:
+    """Put every output of a run in its folder, named once: ``<runs>/<stage>``.
+
+    The folder is ``trainer.default_root_dir`` when given, else ``<runs>/<stage name>``
+    (``--runs``: ``runs`` by default, ``runs/real`` in the real-data configs). Loggers
+    without a ``save_dir`` and checkpoints without a ``dirpath`` go there, W&B runs are
+    named after it, and ``init_from: previous`` becomes the last checkpoint of the stage
+    trained before this one (:data:`pixelkit.stages.STAGES` order) under ``<runs>``.
+
+    Returns:
+        The run's folder.
+    """
+    from pixelkit.stages import previous_stage
+
+    stage = _stage_name(config)
+    runs = Path(config.get("runs") or "runs")
+    run = Path(config.trainer.default_root_dir or runs / stage)
+    config.trainer.default_root_dir = str(run)
+    for logger in _entries(config.trainer.logger):
+        args = logger.init_args
+        if getattr(args, "save_dir", None) in (None, "."):
+            args.save_dir = str(run)
+        if str(logger.class_path).endswith("WandbLogger") and not getattr(args, "name", None):
+            args.name = run.name
+    for cb in _entries(config.trainer.callbacks):
+        if str(cb.class_path).endswith("ModelCheckpoint") and not cb.init_args.dirpath:
+            cb.init_args.dirpath = str(run / "checkpoints")
+    init = config.model.init_args
+    if getattr(init, "init_from", None) == "previous":
+        before = previous_stage(stage) if stage != "custom" else None
+        if before is None:
+            raise ValueError(f"model.init_args.init_from: 'previous' names the stage before "
+                             f"{stage!r}, and there is none")
+        init.init_from = str(runs / before / "checkpoints" / "last.ckpt")
+    return run
+
+
+def check_model_overrides(config: Any) -> None:
+    """``model.init_args.model`` checked against the model config's dataclasses now, so an
+    unknown field is one line naming it (and the closest one) before anything is built."""
+    from pixelkit.config import PRESETS, apply_overrides
+
+    init = config.model.init_args
+    preset, overrides = getattr(init, "preset", None), getattr(init, "model", None)
+    if preset in PRESETS and overrides is not None:
+        raw = overrides.as_dict() if hasattr(overrides, "as_dict") else overrides
+        apply_overrides(PRESETS[preset](), _set_fields(raw))
+
+
+def _set_fields(tree: Any) -> Any:
+    """A parsed overrides tree without its unset (None) fields and empty groups."""
+    if not isinstance(tree, dict):
+        return tree
+    out = {k: _set_fields(v) for k, v in tree.items() if v is not None}
+    return {k: v for k, v in out.items() if v != {}}
+
+
 def check_paths(config: Any) -> None:
     """Fail early, in one line, on a path of the config that cannot work.
 
@@ -188,14 +275,22 @@ def check_paths(config: Any) -> None:
         if problem is not None:
             raise FileNotFoundError(f"model.init_args.init_from: {problem} (train the stage "
                                     "before it first, or set init_from to null)")
+    from pixelkit.data.datamodule import SourceConfig
+
+    root = getattr(config.data, "root", None) or "."
     for split in ("train", "val"):
         for i, src in enumerate(getattr(config.data, split, None) or []):
-            src = dict(vars(src)) if hasattr(src, "__dict__") else dict(src)
-            ann, images = src.get("ann"), src.get("images")
-            if ann and not Path(ann).is_file():
-                raise FileNotFoundError(f"data.{split}[{i}].ann: {ann} does not exist")
-            if images and not Path(images).is_dir():
-                raise FileNotFoundError(f"data.{split}[{i}].images: {images} is not a folder")
+            fields = dict(vars(src)) if hasattr(src, "__dict__") else dict(src)
+            try:
+                src = SourceConfig(**fields).resolved(root)
+            except ValueError as err:
+                raise ValueError(f"data.{split}[{i}]: {err}") from None
+            if not Path(src.ann).is_file():
+                raise FileNotFoundError(f"data.{split}[{i}]: {src.ann} does not exist "
+                                        f"(data.root is {root})")
+            if src.images and not Path(src.images).is_dir():
+                raise FileNotFoundError(f"data.{split}[{i}]: {src.images} is not a folder "
+                                        f"(data.root is {root})")
 
 
 class PixelCLI(LightningCLI):
@@ -213,6 +308,8 @@ class PixelCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         config.trainer.logger = available_loggers(config.trainer.logger)
+        fill_run_paths(config)
+        check_model_overrides(config)
         if not self.instantiate:
             return
         check_paths(config)
@@ -238,6 +335,9 @@ class PixelCLI(LightningCLI):
             super().instantiate_classes()
 
     def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument("--runs", default="runs",
+                            help="folder of the runs: each stage writes to <runs>/<stage> "
+                                 "unless trainer.default_root_dir says otherwise")
         # The model's input size decides the data's; a mismatch would be a silent bug.
         parser.link_arguments("model.image_size", "data.image_size", apply_on="instantiate")
         parser.link_arguments("model.tokenizer_name", "data.tokenizer", apply_on="instantiate")
@@ -252,11 +352,83 @@ def cli_main(argv: Sequence[str] | None = None, run: bool = True,
         run: run the subcommand; False: build the objects only (argv without a subcommand).
         instantiate: with ``run=False``, also skip building them: parse and validate only.
     """
+    from jsonargparse import ArgumentError
+
     cls = PixelCLI if instantiate else type("ParseOnlyCLI", (PixelCLI,), {"instantiate": False})
     if argv is None:
         import sys
 
         argv = sys.argv[1:]
+    try:
+        return _build(cls, argv, run)
+    except ArgumentError as err:
+        raise ValueError(argument_error_message(str(err))) from None
+
+
+def argument_error_message(text: str) -> str:
+    """The one line that matters in a jsonargparse error; an unknown model-config field is
+    named in full (``model.init_args.model.loss.pointweight``) with the closest field.
+
+    jsonargparse reports a wrong key of the stage inside a union error of several lines;
+    the cause is its ``Group 'model' does not accept option 'K'`` line (or, on the command
+    line, ``unrecognized arguments: --model.K``).
+    """
+    import re
+
+    key = None
+    found = re.search(r"Group '([\w.]+)' does not accept option '([\w.]+)'", text)
+    if found:
+        key = f"{found.group(1)}.{found.group(2)}"
+    else:
+        found = re.search(r"unrecognized arguments: --([\w.]+)", text)
+        if found:
+            key = found.group(1)
+    if key is None:
+        lines = [ln.strip(" -:") for ln in text.splitlines() if ln.strip(" -:")]
+        cause = [ln for ln in lines if not ln.startswith((
+            "Does not validate", "Subtypes", "Errors", "Problem with", "Given value",
+            "Expected a <class 'NoneType'>"))]
+        return " ".join((cause or lines)[-2:])
+    return f"{_full_key(key)}: no such setting{_closest_field(_full_key(key))}"
+
+
+def _full_key(key: str) -> str:
+    """``model.loss.x`` / ``model.init_args.loss.x`` -> ``model.init_args.model.loss.x``."""
+    from pixelkit.config import PixelLLMConfig
+
+    sections = {f.name for f in dataclasses.fields(PixelLLMConfig)}
+    parts = key.split(".")
+    if parts[0] == "model":
+        rest = parts[2:] if parts[1:2] == ["init_args"] else parts[1:]
+        if rest[:1] == ["model"]:
+            rest = rest[1:]
+        if rest and rest[0] in sections:
+            return ".".join(["model", "init_args", "model", *rest])
+        return ".".join(["model", "init_args", *rest])
+    return key
+
+
+def _closest_field(key: str) -> str:
+    """``"; did you mean ...?"`` for a model-config key, from the config's own fields."""
+    import difflib
+
+    from pixelkit.config import ModelOverrides
+
+    if not key.startswith("model.init_args.model."):
+        return ""
+    *path, leaf = key.split(".")[3:]
+    cls: Any = ModelOverrides
+    for part in path:
+        field = {f.name: f for f in dataclasses.fields(cls)}.get(part)
+        if field is None or not dataclasses.is_dataclass(field.default_factory):
+            return ""
+        cls = field.default_factory
+    close = difflib.get_close_matches(leaf, [f.name for f in dataclasses.fields(cls)], n=1,
+                                      cutoff=0.5)
+    return f"; did you mean {key.rsplit('.', 1)[0]}.{close[0]}?" if close else ""
+
+
+def _build(cls: type, argv: Sequence[str], run: bool) -> PixelCLI:
     return cls(
         PixelLLMStage,
         PixelDataModule,
@@ -265,6 +437,9 @@ def cli_main(argv: Sequence[str] | None = None, run: bool = True,
         trainer_defaults={"plugins": [{"class_path": "pixelkit.checkpoint.AtomicCheckpointIO"}]},
         save_config_callback=LogConfigCallback,
         save_config_kwargs={"overwrite": True},
+        # Errors raise (cli_main makes them one line) instead of printing the usage.
+        parser_kwargs={"exit_on_error": False,
+                       **{cmd: {"exit_on_error": False} for cmd in ("fit", "validate", "test")}},
         args=_resolve_config_args(argv),
         run=run,
     )

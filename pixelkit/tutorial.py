@@ -1,85 +1,69 @@
 """What the tutorial notebooks (``notebooks/*.ipynb``) call beyond a few lines of glue.
 
-The notebooks teach; they hold no model, training or metric logic of their own. Everything
-they do that is more than calling :class:`~pixelkit.Predictor`, :mod:`pixelkit.viz` or
-:mod:`pixelkit.evaluate` lives here, documented and tested (``tests/test_tutorial.py``):
+The notebooks teach; they hold no model, training or metric logic of their own. They train
+with :mod:`pixelkit.runs` (``run_stage``, ``run_chain``, ``run_study``: the same code as
+``pixelkit fit``, ``pixelkit study`` and the quickstart), predict with
+:class:`~pixelkit.Predictor`, draw with :mod:`pixelkit.viz` and score with
+:mod:`pixelkit.evaluate`. What else they need lives here, documented and tested
+(``tests/test_tutorial.py``):
 
 * **where things are**: :func:`repo_root`, :func:`fixtures_dir` (``../shared/fixtures/real``
   beside the checkout), :func:`output_dir` (``outputs/notebooks/<name>``, or
   ``$PIXELKIT_NOTEBOOK_OUT/<name>``), :func:`quickstart_checkpoint`;
-* **data**: :func:`shapes_world` writes (or reuses) a shapes world, :func:`aligned_words`
-  and :func:`trace_segments` show how a mouse trace becomes per-token targets,
-  :func:`abridged` prints a real record without its long lists;
-* **training**: :func:`train_stage` runs one stage's YAML (``pixelkit/configs/<stage>.yaml`` for the
-  shapes world, ``pixelkit/configs/real/<stage>.yaml`` for the real datasets) through LightningCLI
-  in this process with the notebook's settings, :func:`train_chain` runs stages in turn,
-  :func:`tour_checkpoint` gives the all-task checkpoint of notebook 01;
-* **looking at a run**: :class:`StageRun` (checkpoints, CSV history, validation samples),
-  :func:`trace_snapshots` (the same images' traces at successive checkpoints),
-  :func:`refer_gallery` (successes and failures), :func:`proposal_steps` (heatmaps and
-  proposals before / after NMS);
-* **studies**: :func:`run_study` (one run per value, logged to W&B offline by default),
-  :func:`study_table`, :func:`wandb_offline_runs`;
-* **models**: :func:`describe_model` (component tree and parameter counts, on the meta
-  device as ``pixelkit info``), :func:`memory_estimate` and :func:`gpu_fit_table`.
+* **data**: :func:`shapes_world` writes (or reuses) a shapes world, :func:`shapes_images`
+  reads its annotations back per image, :func:`aligned_words` and :func:`trace_segments`
+  show how a mouse trace becomes per-token targets, :func:`abridged` prints a real record
+  without its long lists;
+* **training**: :func:`tour_checkpoint` gives the all-task checkpoint of notebook 01;
+* **looking at a run** (a :class:`pixelkit.runs.StageRun`): :func:`trace_snapshots` (the
+  same images' traces at successive checkpoints), :func:`refer_gallery` (successes and
+  failures), :func:`proposal_steps` (heatmaps and proposals before / after NMS);
+* **studies**: :func:`study_table` (a :class:`pixelkit.runs.Study` as a DataFrame),
+  :func:`wandb_offline_runs`;
+* **models**: :func:`gpu_fit_table` (:func:`pixelkit.modeling.summary.memory_estimate`
+  per GPU).
 
 Paths of outputs are never inside the source tree: ``outputs/`` is git-ignored.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import csv
 import json
-import logging
-import math
 import os
-import time
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pixelkit.modeling.summary import memory_estimate
 from pixelkit.optional import require
 
 __all__ = [
     "GPUS",
     "AlignedWords",
     "ProposalSteps",
-    "Scene",
-    "StageRun",
+    "ShapesImage",
     "abridged",
     "aligned_words",
-    "describe_model",
     "fixtures_dir",
     "gpu_fit_table",
-    "memory_estimate",
     "nms_example",
     "output_dir",
     "proposal_steps",
     "quickstart_checkpoint",
     "refer_gallery",
     "repo_root",
-    "run_study",
-    "shapes_scenes",
+    "shapes_images",
     "shapes_world",
     "split_refer_records",
-    "stage_config",
     "study_table",
     "tour_checkpoint",
     "trace_segments",
     "trace_snapshots",
-    "train_chain",
-    "train_stage",
     "wandb_offline_runs",
 ]
-
-STAGES = ("caption", "trace", "refer", "densecap")
-
 
 # --------------------------------------------------------------------------------------------
 # Where things are
@@ -192,8 +176,8 @@ def abridged(obj: Any, max_items: int = 3, max_chars: int = 80) -> Any:
 
 
 @dataclass
-class Scene:
-    """One shapes-world image with its annotations from the world's files (pixels).
+class ShapesImage:
+    """One shapes-world image with its annotations, read back from the world's files (pixels).
 
     Attributes:
         image: the image file.
@@ -212,38 +196,42 @@ class Scene:
     narrative: dict[str, Any]
 
 
-def shapes_scenes(world: Path, split: str = "val", n: int = 4, min_objects: int = 1) -> list[Scene]:
+def shapes_images(world: Path, split: str = "val", n: int = 4,
+                  min_objects: int = 1) -> list[ShapesImage]:
     """The first ``n`` images of a shapes-world split with at least ``min_objects`` objects.
 
-    Read through the same readers as training (:func:`pixelkit.data.formats.read_any`).
+    Read through the same readers as training (:func:`pixelkit.data.formats.read_any`), from
+    the files the catalog names (``shapes/<split>``).
     """
+    from pixelkit.data import catalog
     from pixelkit.data.formats import read_any
 
+    layout = catalog.get(f"shapes/{split}")
     world = Path(world)
-    ann, images = world / "annotations", world / "images" / split
-    regions, _ = read_any(ann / f"vg_{split}.json", images, task="densecap")
-    refs, _ = read_any(ann / f"finetune_refcoco_{split}.json", images)
+    images = layout.image_dir(world)
+    regions, _ = read_any(layout.annotation("densecap", world), images, task="densecap")
+    refs, _ = read_any(layout.annotation("refer", world), images)
     exprs: dict[Any, list[tuple[str, tuple[float, ...]]]] = {}
     for r in refs:
         exprs.setdefault(r.image_id, []).append((r.text, tuple(float(v) for v in r.boxes[0])))
     narratives = {}
-    with open(ann / f"localized_narratives_{split}.jsonl") as f:
+    with open(layout.annotation("trace", world)) as f:
         for line in f:
             rec = json.loads(line)
             narratives[str(rec["image_id"])] = rec
-    scenes = []
+    found = []
     for s in sorted(regions, key=lambda s: int(s.image_id)):
         if len(s.boxes) < min_objects:
             continue
         order = np.argsort((s.boxes[:, 0] + s.boxes[:, 2]) / 2, kind="stable")
-        scenes.append(Scene(image=Path(s.image_path), image_id=int(s.image_id),
-                            boxes=[tuple(float(v) for v in s.boxes[i]) for i in order],
-                            phrases=[s.box_texts[i] for i in order],
-                            expressions=exprs.get(s.image_id, []),  # type: ignore[arg-type]
-                            narrative=narratives.get(str(s.image_id), {})))
-        if len(scenes) == n:
+        found.append(ShapesImage(image=Path(s.image_path), image_id=int(s.image_id),
+                                 boxes=[tuple(float(v) for v in s.boxes[i]) for i in order],
+                                 phrases=[s.box_texts[i] for i in order],
+                                 expressions=exprs.get(s.image_id, []),  # type: ignore[arg-type]
+                                 narrative=narratives.get(str(s.image_id), {})))
+        if len(found) == n:
             break
-    return scenes
+    return found
 
 
 @dataclass
@@ -316,335 +304,16 @@ def trace_segments(record: Mapping[str, Any], image_size: tuple[int, int]
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class StageRun:
-    """What :func:`train_stage` did: files, metrics and timing of one run.
-
-    Attributes:
-        stage: ``caption``, ``trace``, ``refer`` or ``densecap``.
-        name: the run's name (its folder under ``out/runs``).
-        dir: the run's folder (logs, checkpoints, resolved config).
-        config: the resolved YAML that ran (re-run it with ``pixelkit fit --config``).
-        last: the last checkpoint (Lightning; :meth:`Predictor.from_checkpoint` reads it).
-        init_from: the checkpoint it started from (None: the preset's weights).
-        csv: the CSVLogger's ``metrics.csv``.
-        val: the last validation metrics (``val/...`` keys).
-        steps: optimizer steps done.
-        seconds: wall time of the fit.
-        snapshots: checkpoints saved every ``snapshot_every`` steps, in step order.
-    """
-
-    stage: str
-    name: str
-    dir: Path
-    config: Path
-    last: Path
-    init_from: Path | None
-    csv: Path | None
-    val: dict[str, float]
-    steps: int
-    seconds: float
-    snapshots: list[Path] = field(default_factory=list)
-
-    def resolved(self) -> dict[str, Any]:
-        """The resolved config as a dict."""
-        import yaml
-
-        return yaml.safe_load(self.config.read_text())
-
-    def history(self) -> list[dict[str, float]]:
-        """The CSV log, one dict per logged row (``step`` and the metrics logged then)."""
-        if self.csv is None or not self.csv.is_file():
-            return []
-        with open(self.csv) as f:
-            rows = list(csv.DictReader(f))
-        return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in rows]
-
-    def val_history(self, keys: Sequence[str] | None = None) -> list[dict[str, float]]:
-        """One dict per validation (``step`` + the ``val/...`` metrics), in step order.
-
-        Args:
-            keys: the metrics to keep (default: every ``val/`` metric).
-        """
-        rows: dict[int, dict[str, float]] = {}
-        for r in self.history():
-            vals = {k: v for k, v in r.items() if k.startswith("val/")
-                    and (keys is None or k in keys)}
-            if vals and "step" in r:
-                rows.setdefault(int(r["step"]), {"step": int(r["step"])}).update(vals)
-        return [rows[s] for s in sorted(rows)]
-
-    def val_samples(self, task: str, limit: int | None = None) -> list[Any]:
-        """The samples of the run's first validation source of ``task`` (reader order).
-
-        Works the same on the shapes world and the real datasets: the annotation file and
-        images are those of the resolved config.
-        """
-        from pixelkit.evaluate import load_samples
-
-        for src in self.resolved()["data"].get("val") or []:
-            if src["task"] == task:
-                return load_samples(task, src["ann"], src.get("images"), limit=limit)[0]
-        raise ValueError(f"run {self.name} has no validation source of task {task!r}")
-
-    def predictor(self, device: str | None = None) -> Any:
-        """A :class:`~pixelkit.Predictor` on the run's last checkpoint."""
-        from pixelkit.predictor import Predictor
-
-        return Predictor.from_checkpoint(self.last, device=device)
-
-
-def _rebase_data(path: str, data: Path) -> str:
-    """A YAML's data path (``data/shapes/...`` or ``data/<dataset>/...``) under ``data``."""
-    for prefix in ("data/shapes/", "data/"):
-        if path.startswith(prefix):
-            return str(data / path[len(prefix):])
-    return path
-
-
-def stage_config(stage: str, out: Path, *, data: Path, name: str | None = None,
-                 init_from: Path | str | None = None, steps: int | None = None,
-                 batch_size: int | None = None, val_every: int | None = None,
-                 val_limit: int | None = None, accelerator: str | None = None,
-                 precision: str | None = None, preset: str | None = None,
-                 model: Mapping[str, Any] | None = None,
-                 stage_args: Mapping[str, Any] | None = None, real: bool = False,
-                 wandb: bool = False, wandb_project: str = "pixelkit-tutorial",
-                 wandb_group: str | None = None, prediction_images: bool = False,
-                 snapshot_every: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """A stage's YAML resolved with a notebook's settings (what :func:`train_stage` runs).
-
-    Args:
-        stage: one of ``caption``, ``trace``, ``refer``, ``densecap``.
-        out: the notebook's output folder; the run goes to ``out/runs/<name>``.
-        data: the data root: a shapes world (replaces ``data/shapes``) or, with ``real``,
-            the folder holding the datasets as ``configs/real/*.yaml`` lay them out
-            (replaces ``data/``).
-        name: the run's name (default: the stage).
-        init_from: the checkpoint to start from (default: none, the preset's weights).
-        steps: ``trainer.max_steps``.
-        batch_size: ``data.batch_size``.
-        val_every: validate every this many steps (default: once, at the end, when
-            ``steps`` is given; else the YAML's interval).
-        val_limit: samples per validation source.
-        accelerator: ``cpu``, ``gpu``, ``auto``.
-        precision: e.g. ``bf16-mixed`` (default: the YAML's).
-        preset: ``tiny``, ``base``, ``paper`` (default: the YAML's).
-        model: nested overrides of the model config, e.g. ``{"loss": {"point_weight": 1}}``
-            (merged into the YAML's ``model.init_args.model``).
-        stage_args: other stage arguments, e.g. ``{"point_weight": 4.0, "lr": 3e-4}``.
-        real: use ``configs/real/<stage>.yaml`` (base preset, real datasets, GPU).
-        wandb: keep the YAML's W&B logger (offline unless ``WANDB_MODE=online``).
-        wandb_project: its project.
-        wandb_group: its group (a study's runs share one).
-        prediction_images: keep the :class:`PredictionImages` callback (pictures at each
-            validation; costs a generation pass).
-        snapshot_every: also keep a checkpoint every this many steps (``snapshots/``).
-        seed: ``seed_everything``.
-
-    Returns:
-        The resolved config dict.
-    """
-    import yaml
-
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
-    from pixelkit.training import resolve_config
-
-    src = resolve_config(f"real/{stage}" if real else stage)
-    cfg = yaml.safe_load(src.read_text())
-    name = name or stage
-    run_dir = Path(out).resolve() / "runs" / name
-    data = Path(data).resolve()
-
-    init = cfg["model"]["init_args"]
-    init["init_from"] = str(init_from) if init_from else None
-    if preset:
-        init["preset"] = preset
-    if model:
-        init["model"] = _merge(init.get("model") or {}, model)
-    init.update(stage_args or {})
-    cfg["seed_everything"] = seed
-
-    d = cfg["data"]
-    for key in ("train", "val"):
-        for s in d.get(key) or []:
-            s["ann"] = _rebase_data(s["ann"], data)
-            if s.get("images"):
-                s["images"] = _rebase_data(s["images"], data)
-    if batch_size:
-        d["batch_size"] = batch_size
-    if val_limit:
-        d["val_limit"] = val_limit
-
-    t = cfg["trainer"]
-    if steps:
-        t["max_steps"] = steps
-    if val_every or steps:  # else the YAML's own interval (a long real-data run)
-        t["val_check_interval"] = min(val_every or t["max_steps"], t["max_steps"])
-    t["check_val_every_n_epoch"] = None
-    # a few points per validation interval on the loss curves, at most every 10 steps
-    t["log_every_n_steps"] = max(1, min(10, t["max_steps"] // 20))
-    t["enable_progress_bar"] = False
-    t["enable_model_summary"] = False
-    t["default_root_dir"] = str(run_dir)
-    if accelerator:
-        t["accelerator"] = accelerator
-    if precision:
-        t["precision"] = precision
-    loggers = []
-    for lg in t.get("logger") or []:
-        if "CSVLogger" in lg["class_path"]:
-            lg["init_args"].update(save_dir=str(run_dir), name="csv", version="")
-            loggers.append(lg)
-        elif "WandbLogger" in lg["class_path"] and wandb:
-            lg["init_args"].update(save_dir=str(run_dir), project=wandb_project, name=name)
-            if wandb_group:
-                lg["init_args"]["group"] = wandb_group
-            loggers.append(lg)
-    t["logger"] = loggers
-    callbacks = []
-    for cb in t.get("callbacks") or []:
-        if "ModelCheckpoint" in cb["class_path"]:
-            cb["init_args"]["dirpath"] = str(run_dir / "checkpoints")
-        if "PredictionImages" in cb["class_path"] and not prediction_images:
-            continue
-        callbacks.append(cb)
-    if snapshot_every:
-        callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                          "init_args": {"dirpath": str(run_dir / "snapshots"),
-                                        "filename": "step{step:05d}",
-                                        "auto_insert_metric_name": False,
-                                        "every_n_train_steps": snapshot_every,
-                                        "save_top_k": -1, "save_last": False}})
-    t["callbacks"] = callbacks
-    return cfg
-
-
-def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested dict merge (``extra`` wins)."""
-    out = copy.deepcopy(dict(base))
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) \
-            else copy.deepcopy(v)
-    return out
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Lightning's info lines and its data-loader warnings off for one in-process fit."""
-    names = ["lightning.pytorch", "lightning.fabric", "lightning"]
-    levels = {n: logging.getLogger(n).level for n in names}
-    try:
-        for n in names:
-            logging.getLogger(n).setLevel(logging.WARNING)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*LitLogger.*")
-            warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
-            warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-            yield
-    finally:
-        for n, lv in levels.items():
-            logging.getLogger(n).setLevel(lv)
-
-
-def train_stage(stage: str, out: Path, *, data: Path, name: str | None = None,
-                quiet: bool = True, **settings: Any) -> StageRun:
-    """Train one stage in this process: ``pixelkit fit --config <resolved YAML>``.
-
-    The stage's YAML (``configs/<stage>.yaml``, or ``configs/real/<stage>.yaml`` with
-    ``real=True``) is resolved with the settings (:func:`stage_config`), written to
-    ``out/configs/<name>.yaml`` and run through :func:`pixelkit.training.cli_main`, exactly
-    as ``pixelkit fit`` runs it.
-
-    Args:
-        stage: ``caption``, ``trace``, ``refer`` or ``densecap``.
-        out: the notebook's output folder.
-        data: the data root (see :func:`stage_config`).
-        name: the run's name (default: the stage); a second run of the same name replaces
-            the first.
-        quiet: hide Lightning's info lines (the stage still prints its parameter table).
-        **settings: the other arguments of :func:`stage_config` (``steps``, ``init_from``,
-            ``batch_size``, ``val_every``, ``accelerator``, ``model``, ``stage_args``, ...).
-
-    Returns:
-        The :class:`StageRun`.
-    """
-    import shutil
-
-    import yaml
-
-    from pixelkit.training import cli_main
-
-    name = name or stage
-    cfg = stage_config(stage, out, data=data, name=name, **settings)
-    path = Path(out).resolve() / "configs" / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# resolved from pixelkit/configs/{'real/' if settings.get('real') else ''}"
-                    f"{stage}.yaml by pixelkit.tutorial.train_stage\n"
-                    + yaml.safe_dump(cfg, sort_keys=False))
-    run_dir = Path(cfg["trainer"]["default_root_dir"])
-    for sub in ("checkpoints", "snapshots", "csv"):  # a rerun must not mix with the last one
-        shutil.rmtree(run_dir / sub, ignore_errors=True)
-    t0 = time.perf_counter()
-    with _quiet() if quiet else contextlib.nullcontext():
-        cli = cli_main(["fit", "--config", str(path)])
-    seconds = time.perf_counter() - t0
-    trainer = cli.trainer
-    for lg in trainer.loggers:  # one W&B run per fit, not one run for the whole notebook
-        if type(lg).__name__ == "WandbLogger":
-            lg.experiment.finish()
-    val = {k: float(v) for k, v in trainer.callback_metrics.items()
-           if k.startswith("val/") and v.numel() == 1}
-    csv_path = run_dir / "csv" / "metrics.csv"
-    snaps = sorted((run_dir / "snapshots").glob("step*.ckpt"))
-    init = cfg["model"]["init_args"]["init_from"]
-    return StageRun(stage=stage, name=name, dir=run_dir, config=path,
-                    last=run_dir / "checkpoints" / "last.ckpt",
-                    init_from=Path(init) if init else None,
-                    csv=csv_path if csv_path.is_file() else None, val=val,
-                    steps=int(trainer.global_step), seconds=round(seconds, 1), snapshots=snaps)
-
-
-def train_chain(stages: Sequence[str], out: Path, *, data: Path,
-                steps: Mapping[str, int] | int, init_from: Path | str | None = None,
-                **settings: Any) -> dict[str, StageRun]:
-    """Train stages in turn, each starting from the previous one's last checkpoint.
-
-    Args:
-        stages: e.g. ``("caption", "trace")``.
-        out: the notebook's output folder.
-        data: the data root.
-        steps: steps per stage (a dict by stage, or one number for all).
-        init_from: the checkpoint the first stage starts from.
-        **settings: passed to every :func:`train_stage` call.
-
-    Returns:
-        ``{stage: StageRun}`` in order.
-    """
-    runs: dict[str, StageRun] = {}
-    init = init_from
-    for stage in stages:
-        n = steps[stage] if isinstance(steps, Mapping) else steps
-        runs[stage] = train_stage(stage, out, data=data, init_from=init, steps=n, **settings)
-        init = runs[stage].last
-        print(f"[pixelkit] {stage}: {runs[stage].steps} steps in {runs[stage].seconds:.0f} s")
-    return runs
-
-
-def tour_checkpoint(out: Path, *, data: Path, steps: Mapping[str, int] | int,
+def tour_checkpoint(out: Path, *, data_root: Path, steps: Mapping[str, int] | int,
                     prefer_quickstart: bool = True, **settings: Any) -> Path:
     """The all-task checkpoint of the tour: the quickstart's, else a small one trained here.
 
     Args:
         out: the notebook's output folder (the small checkpoint is ``out/pixelllm.ckpt``).
-        data: the shapes world to train on when there is no quickstart checkpoint.
+        data_root: the shapes world to train on when there is no quickstart checkpoint.
         steps: steps per stage of the small chain.
         prefer_quickstart: use ``outputs/quickstart/checkpoints/pixelllm.ckpt`` if present.
-        **settings: passed to :func:`train_chain`.
+        **settings: passed to :func:`pixelkit.runs.run_chain`.
 
     Returns:
         A checkpoint :meth:`Predictor.from_checkpoint` reads.
@@ -653,14 +322,17 @@ def tour_checkpoint(out: Path, *, data: Path, steps: Mapping[str, int] | int,
     if ckpt is not None:
         return ckpt
     from pixelkit.checkpoint import load_model, save_model
+    from pixelkit.runs import run_chain
+    from pixelkit.stages import STAGES
 
-    runs = train_chain(STAGES, out, data=data, steps=steps, **settings)
-    model, meta = load_model(runs["densecap"].last)
+    runs = run_chain(list(STAGES), out=out, data_root=data_root, steps=steps, **settings)
+    last = runs[list(STAGES)[-1]]
+    model, meta = load_model(last.last)
     return save_model(model, Path(out) / "pixelllm.ckpt", stage="all (tutorial chain)",
                       stages=list(STAGES), trained_on=meta.get("trained_on", []),
                       world=f"pixelkit shapes world ({model.config.image_size} px)",
                       steps={s: r.steps for s, r in runs.items()},
-                      metrics={k: v for k, v in runs["densecap"].val.items()})
+                      metrics=dict(last.val))
 
 
 # --------------------------------------------------------------------------------------------
@@ -673,7 +345,7 @@ def _step_of(path: Path) -> int | None:
     return int(digits) if path.stem.startswith("step") and digits else None
 
 
-def trace_snapshots(checkpoints: StageRun | Sequence[Path], images: Sequence[Any],
+def trace_snapshots(checkpoints: Any, images: Sequence[Any],
                     labels: Sequence[str] | None = None, min_side: int = 160) -> Any:
     """The same images' generated narratives with their traces, one row per checkpoint.
 
@@ -689,6 +361,8 @@ def trace_snapshots(checkpoints: StageRun | Sequence[Path], images: Sequence[Any
     """
     from pixelkit.predictor import Predictor
     from pixelkit.viz import draw_trace, image_grid
+
+    from pixelkit.runs import StageRun
 
     if isinstance(checkpoints, StageRun):
         run = checkpoints
@@ -866,63 +540,12 @@ def nms_example(predictor: Any, images: Sequence[Any], score_threshold: float | 
 # --------------------------------------------------------------------------------------------
 
 
-def run_study(param: str, values: Sequence[Any], *, stage: str, out: Path, data: Path,
-              study: str | None = None, wandb: bool = True, **settings: Any) -> list[StageRun]:
-    """One run of ``stage`` per value of one parameter, logged to W&B and CSV.
-
-    Args:
-        param: a stage argument (``point_weight``, ``lr``, ``head_lr``, ...) or a dotted
-            model-config field (``language_model.lora.r``, ``loss.label_smoothing``).
-        values: the values to try.
-        stage: the stage to run (e.g. ``trace`` from a caption checkpoint).
-        out: the notebook's output folder.
-        data: the data root.
-        study: the W&B group (default ``<stage>-<param>``).
-        wandb: log to W&B (offline unless ``WANDB_MODE=online``).
-        **settings: the rest of :func:`train_stage`'s settings, the same for every run
-            (``init_from``, ``steps``, ``model``, ...).
-
-    Returns:
-        One :class:`StageRun` per value, named ``<param>=<value>``.
-    """
-    import inspect
-
-    from pixelkit.stages.base import PixelLLMStage
-
-    stage_params = set(inspect.signature(PixelLLMStage.__init__).parameters) - {"self", "model"}
-    group = study or f"{stage}-{param}"
-    runs = []
-    for v in values:
-        s = dict(settings)
-        if param in stage_params:
-            s["stage_args"] = {**(s.get("stage_args") or {}), param: v}
-        else:
-            nested: dict[str, Any] = {}
-            node = nested
-            *parents, leaf = param.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = v
-            s["model"] = _merge(s.get("model") or {}, nested)
-        run = train_stage(stage, out, data=data, name=f"{param}={v}", wandb=wandb,
-                          wandb_group=group, **s)
-        print(f"[pixelkit] {param}={v}: {run.steps} steps in {run.seconds:.0f} s")
-        runs.append(run)
-    return runs
-
-
-def study_table(runs: Sequence[StageRun], keys: Sequence[str]) -> Any:
-    """A pandas DataFrame: one row per run, its name, steps, seconds and final ``keys``."""
+def study_table(study: Any, keys: Sequence[str]) -> Any:
+    """A :class:`pixelkit.runs.Study` as a pandas DataFrame: one row per value, the mean and
+    standard deviation over seeds of each of ``keys``."""
     pd = require("pandas", "tutorial tables")
 
-    rows = []
-    for r in runs:
-        row: dict[str, Any] = {"run": r.name, "steps": r.steps, "seconds": r.seconds}
-        last_train = {k: v for k, v in (r.history() or [{}])[-1].items()}
-        for k in keys:
-            row[k] = r.val.get(k, last_train.get(k, math.nan))
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("run")
+    return pd.DataFrame(study.table(keys)).set_index("value").rename_axis(study.param)
 
 
 def wandb_offline_runs(out: Path) -> list[Path]:
@@ -935,83 +558,10 @@ def wandb_offline_runs(out: Path) -> list[Path]:
 # --------------------------------------------------------------------------------------------
 
 
-def describe_model(config: Any, depth: int = 2, device: str = "meta", tree: bool = True) -> str:
-    """Component tree and parameter counts of a config, built without weights.
-
-    As ``pixelkit info``: on the ``meta`` device only shapes exist, so the paper model
-    (~3.8 B parameters) is described without memory or downloads.
-
-    Args:
-        config: a :class:`~pixelkit.PixelLLMConfig` or a preset name.
-        depth: levels of the tree.
-        device: ``meta`` (shapes only) or ``cpu`` (random weights).
-        tree: include the component tree (else the header and the count table only).
-
-    Returns:
-        The printable description.
-    """
-    import torch
-
-    from pixelkit.config import PixelLLMConfig
-    from pixelkit.modeling.pixel_llm import PixelLLM
-    from pixelkit.modeling.trainable import component_tree, format_summary, parameter_summary
-
-    if isinstance(config, str):
-        config = PixelLLMConfig.from_name(config)
-    config = config.without_pretrained()
-    with torch.device(device), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-        model = PixelLLM(config)
-    lines = [f"PixelLLM {config.name!r} at {config.image_size}px (built on {device})"]
-    for i, b in enumerate(config.image_encoder.backbones):
-        lines.append(f"  backbone {i}: {b.kind} {b.name} @ {b.image_size or config.image_size}px"
-                     f"{' (frozen)' if b.frozen else ''}")
-    lm = config.language_model
-    lines.append(f"  language model: {lm.family} {lm.name}; LoRA r={lm.lora.r}"
-                 f"{' on ' + str(lm.lora.target_modules) if lm.lora.r else ''}; "
-                 f"base frozen={lm.freeze_base}")
-    if tree:
-        lines += ["", component_tree(model, depth=depth)]
-    return "\n".join(lines + ["", format_summary(parameter_summary(model))])
-
-
 #: GPUs by memory (GiB), for :func:`gpu_fit_table`.
 GPUS: dict[str, float] = {"T4 / RTX 4080 (16 GB)": 16, "RTX 3090 / 4090, A10 (24 GB)": 24,
                           "A100 40 GB": 40, "L40S (48 GB)": 48, "A100 / H100 80 GB": 80,
                           "H200 (141 GB)": 141}
-
-
-def memory_estimate(config: Any, precision: str = "bf16-mixed") -> dict[str, float]:
-    """A lower bound of training memory: weights, gradients and AdamW states (GiB).
-
-    Counted on the meta device. Frozen weights take 2 bytes in ``bf16``/``16`` precisions
-    (cast for the forward pass), 4 otherwise; trainable weights are kept in fp32 (4 bytes)
-    with an fp32 gradient (4) and AdamW's two moments (8). Activations come on top and
-    grow with batch size and sequence length: measure them with
-    ``torch.cuda.max_memory_allocated()`` on the real run.
-
-    Returns:
-        ``trainable`` and ``frozen`` parameter counts, and ``weights_gib``,
-        ``grads_optimizer_gib`` and ``total_gib``.
-    """
-    import torch
-
-    from pixelkit.config import PixelLLMConfig
-    from pixelkit.modeling.pixel_llm import PixelLLM
-
-    if isinstance(config, str):
-        config = PixelLLMConfig.from_name(config)
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-        model = PixelLLM(config.without_pretrained())
-    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    half = precision.startswith(("bf16", "16"))
-    gib = 1024 ** 3
-    weights = (frozen * (2 if half else 4) + train * 4) / gib
-    states = train * (4 + 8) / gib
-    return {"trainable": float(train), "frozen": float(frozen), "weights_gib": weights,
-            "grads_optimizer_gib": states, "total_gib": weights + states}
 
 
 def gpu_fit_table(configs: Mapping[str, Any], precision: str = "bf16-mixed",

@@ -345,13 +345,15 @@ def draw_word_targets(image: Image.Image | np.ndarray, tokens: Sequence[str],
     return image_grid(rows) if rows else Image.new("RGB", (size, size), (255, 255, 255))
 
 
-def study_plot(runs: dict[str, Path | str], finals: dict[str, float], out: Path | str, *,
-               param: str, metric: str, curve: str = "train/loss") -> Path:
-    """A study in one figure: each run's training curve, and the final metric per value.
+def study_plot(curves: dict[str, Path | str], rows: Sequence[dict], out: Path | str, *,
+               param: str, metric: str, curve: str = "val/loss") -> Path:
+    """A study in one figure: each run's curve, and the final metric per value (mean and
+    standard deviation over seeds, as error bars).
 
     Args:
-        runs: run label (the value) -> its CSVLogger ``metrics.csv``.
-        finals: run label -> the final value of ``metric``.
+        curves: run label -> its CSV log ``metrics.csv``.
+        rows: :meth:`pixelkit.runs.Study.table` rows (``value``, ``<metric>``,
+            ``<metric> std``).
         out: PNG path.
         param: the studied parameter (x axis of the right panel).
         metric: the compared metric (y axis of the right panel).
@@ -363,26 +365,27 @@ def study_plot(runs: dict[str, Path | str], finals: dict[str, float], out: Path 
     plt = _pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for label, path in runs.items():
+    for label, path in curves.items():
         with open(path) as f:
             pts = [(int(r["step"]), float(r[curve])) for r in csv.DictReader(f)
                    if r.get(curve) not in (None, "")]
         if pts:
-            ax1.plot(*zip(*pts), label=label)
+            ax1.plot(*zip(*pts), label=label, marker="." if len(pts) < 4 else None)
     ax1.set_title(curve)
     ax1.set_xlabel("step")
     ax1.grid(alpha=0.3)
-    ax1.legend(fontsize=8)
-    labels = list(finals)
-    ax2.plot(range(len(labels)), [finals[k] for k in labels], "o-")
-    # runs named "<param>=<value>" (pixelkit.tutorial.run_study): the value is the tick
-    ax2.set_xticks(range(len(labels)), [k.split("=", 1)[1] if k.startswith(f"{param}=") else k
-                                        for k in labels])
+    ax1.legend(fontsize=7)
+    x = range(len(rows))
+    ax2.errorbar(x, [r.get(metric, float("nan")) for r in rows],
+                 yerr=[r.get(f"{metric} std", 0.0) for r in rows], fmt="o-", capsize=4)
+    ax2.set_xticks(list(x), [str(r["value"]) for r in rows])  # the values, evenly spaced
     ax2.set_xlabel(param)
-    ax2.set_title(f"final {metric}")
+    ax2.set_title(f"final {metric} (mean ± std over seeds)")
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+

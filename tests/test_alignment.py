@@ -483,9 +483,9 @@ def _shapes_records(n: int) -> list[dict]:
             lines = (Path(tmp) / "annotations" / "localized_narratives_train.jsonl").read_text()
         return [json.loads(line) for line in lines.splitlines() if line.strip()]
     except (ImportError, AttributeError, TypeError):
-        from pixelkit.bench import shapes_narratives
+        from pixelkit.data.synth import narrative_records
 
-        return shapes_narratives(n, seed=3)
+        return narrative_records(n, seed=3)
 
 
 def test_shapes_world_text_method_is_exact_and_official_is_shifted() -> None:

@@ -13,9 +13,8 @@ import torch
 
 from pixelkit.data.datamodule import PixelDataModule, shapes_sources
 from pixelkit.data.synth import synthesize
-from pixelkit.stages import (STAGES, CaptionPretraining, DenseCaptioning, PixelLLMStage,
-                             ReferringTraining, TraceTraining)
-from pixelkit.training import cli_main, packaged_configs, resolve_config
+from pixelkit.stages import (STAGES, CaptionPretraining, DenseCaptioning, ReferringTraining, TraceTraining)
+from pixelkit.training import packaged_configs, resolve_config
 
 STAGE_TASKS = {"caption": ["caption", "loca_caption"], "trace": ["trace", "caption"],
                "refer": ["refer", "trace"], "densecap": ["densecap", "refer"]}
@@ -146,16 +145,6 @@ def test_two_process_ddp_ends_with_identical_weights(world, tmp_path) -> None:
         assert torch.equal(v, r1["final"][k]), k
         changed += not torch.equal(v, r0["init"][k])
     assert changed > 10  # they trained (different data per rank), and stayed in sync
-
-
-@pytest.mark.parametrize("name", packaged_configs())
-def test_every_config_parses_against_the_stage_signatures(name) -> None:
-    cli = cli_main(["--config", name], run=False, instantiate=False)
-    cfg = cli.config
-    assert cfg.model.class_path.startswith("pixelkit.stages.")
-    cls = cfg.model.class_path.rsplit(".", 1)[1]
-    assert issubclass(getattr(__import__("pixelkit.stages", fromlist=[cls]), cls), PixelLLMStage)
-    assert cfg.data.train, "a stage config needs training sources"
 
 
 def test_config_names_resolve_to_the_packaged_files(tmp_path) -> None:

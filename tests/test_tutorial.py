@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from pixelkit import tutorial as tut
@@ -80,8 +78,8 @@ def test_abridged() -> None:
     assert short["caption"] == "x" * 10 + "..."
 
 
-def test_shapes_scenes(world: Path) -> None:
-    scenes = tut.shapes_scenes(world, n=2, min_objects=2)
+def test_shapes_images(world: Path) -> None:
+    scenes = tut.shapes_images(world, n=2, min_objects=2)
     assert len(scenes) == 2
     for s in scenes:
         assert s.image.is_file() and len(s.boxes) >= 2 and len(s.phrases) == len(s.boxes)
@@ -93,7 +91,7 @@ def test_shapes_scenes(world: Path) -> None:
 
 
 def test_aligned_words_and_trace_segments(world: Path) -> None:
-    scene = tut.shapes_scenes(world, n=1)[0]
+    scene = tut.shapes_images(world, n=1)[0]
     tok = shapes_tokenizer()
     size = Image.open(scene.image).size
     text = tut.aligned_words(scene.narrative, tok, size, method="text")
@@ -113,122 +111,25 @@ def test_aligned_words_and_trace_segments(world: Path) -> None:
     assert len(seg) and (seg >= box[:2] - 1.0).all() and (seg <= box[2:] + 1.0).all()
 
 
-# --------------------------------------------------------------------------- configs
-
-
-def test_stage_config_shapes(tmp_path: Path, world: Path) -> None:
-    cfg = tut.stage_config("trace", tmp_path, data=world, name="run", steps=7, batch_size=4,
-                           val_every=3, val_limit=5, accelerator="cpu", snapshot_every=2,
-                           model={"loss": {"point_weight": 3.0}}, stage_args={"lr": 0.5})
-    init = cfg["model"]["init_args"]
-    assert init["model"] == {"loss": {"point_reduction": "row", "point_weight": 3.0}}
-    assert init["lr"] == 0.5 and init["init_from"] is None
-    for src in cfg["data"]["train"] + cfg["data"]["val"]:
-        assert src["ann"].startswith(str(world)) and Path(src["ann"]).is_file()
-        assert Path(src["images"]).is_dir()
-    assert cfg["data"]["batch_size"] == 4 and cfg["data"]["val_limit"] == 5
-    t = cfg["trainer"]
-    assert t["max_steps"] == 7 and t["val_check_interval"] == 3 and t["accelerator"] == "cpu"
-    run = str((tmp_path / "runs" / "run").resolve())
-    assert t["default_root_dir"] == run
-    assert [lg["class_path"].rsplit(".", 1)[1] for lg in t["logger"]] == ["CSVLogger"]
-    names = [cb["class_path"].rsplit(".", 1)[1] for cb in t["callbacks"]]
-    assert "PredictionImages" not in names and names.count("ModelCheckpoint") == 2
-    assert all(cb["init_args"]["dirpath"].startswith(run) for cb in t["callbacks"]
-               if "dirpath" in cb["init_args"])
-    with_wandb = tut.stage_config("trace", tmp_path, data=world, wandb=True, wandb_group="g",
-                                  prediction_images=True)
-    (wb,) = [lg for lg in with_wandb["trainer"]["logger"] if "Wandb" in lg["class_path"]]
-    assert wb["init_args"]["group"] == "g" and wb["init_args"]["name"] == "trace"
-    assert any("PredictionImages" in cb["class_path"] for cb in with_wandb["trainer"]["callbacks"])
-    with pytest.raises(ValueError, match="unknown stage"):
-        tut.stage_config("nope", tmp_path, data=world)
-
-
-def test_stage_config_real_data_parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The GPU / real-data switch: configs/real YAMLs, paths under the data root, base preset."""
-    from pixelkit.training import cli_main
-
-    monkeypatch.setattr(sys, "argv", ["pixelkit"])  # LightningCLI warns about pytest's argv
-
-    data = tmp_path / "datasets"
-    cfg = tut.stage_config("refer", tmp_path, data=data, real=True, init_from="x.ckpt")
-    assert cfg["model"]["init_args"]["preset"] == "base"
-    assert cfg["trainer"]["accelerator"] == "gpu" and cfg["trainer"]["precision"] == "bf16-mixed"
-    assert cfg["trainer"]["val_check_interval"] == 2000  # the YAML's, no steps given
-    anns = [s["ann"] for s in cfg["data"]["train"]]
-    assert str(data / "mdetr_annotations" / "finetune_refcoco_train.json") in anns
-    path = tmp_path / "refer.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    cli_main(["--config", str(path)], run=False, instantiate=False)  # a valid stage config
-
-
 # --------------------------------------------------------------------------- training
 
 
-def test_train_stage_history_snapshots_and_pictures(tmp_path: Path, world: Path) -> None:
-    common = {"data": world, "batch_size": 2, "val_limit": 4, "accelerator": "cpu"}
-    cap = tut.train_stage("caption", tmp_path, steps=2, **common)
-    assert cap.last.is_file() and cap.steps == 2 and cap.init_from is None
-    assert cap.config == (tmp_path / "configs" / "caption.yaml").resolve()
-    assert "val/caption/loss" in cap.val and cap.csv is not None
-    trace = tut.train_stage("trace", tmp_path, init_from=cap.last, steps=4, val_every=2,
-                            snapshot_every=2, **common)
-    assert [p.name for p in trace.snapshots] == ["step00002.ckpt", "step00004.ckpt"]
-    assert trace.init_from == cap.last
-    hist = trace.val_history(["val/trace/l1"])
-    assert [r["step"] for r in hist] == [1, 3] and all("val/trace/l1" in r for r in hist)
-    assert any("train/loss" in r for r in trace.history())
-    samples = trace.val_samples("trace", limit=2)
-    assert len(samples) == 2 and samples[0].task == "trace"
-    with pytest.raises(ValueError, match="no validation source"):
-        trace.val_samples("densecap")
-    grid = tut.trace_snapshots(trace, [s.image_path for s in samples], min_side=64)
-    single = viz.side_by_side([Image.new("RGB", (64, 64))] * 2)
-    assert grid.height == 3 * single.height  # start + 2 snapshots
-    # rerunning a run of the same name replaces it (no stale snapshots)
-    again = tut.train_stage("trace", tmp_path, init_from=cap.last, steps=2, snapshot_every=2,
-                            **common)
-    assert [p.name for p in again.snapshots] == ["step00002.ckpt"]
-
-
 def test_tour_checkpoint_trains_the_chain(tmp_path: Path, world: Path) -> None:
-    ckpt = tut.tour_checkpoint(tmp_path, data=world, steps=1, prefer_quickstart=False,
-                               batch_size=2, val_limit=2, accelerator="cpu")
+    ckpt = tut.tour_checkpoint(tmp_path, data_root=world, steps=1, prefer_quickstart=False,
+                               batch_size=2, val_limit=2, accelerator="cpu", wandb=False,
+                               prediction_images=False)
     assert ckpt == tmp_path / "pixelllm.ckpt"
     p = Predictor.from_checkpoint(ckpt, device="cpu")
     assert p.info["stages"] == ["caption", "trace", "refer", "densecap"]
-    scene = tut.shapes_scenes(world, n=1)[0]
+    scene = tut.shapes_images(world, n=1)[0]
     assert isinstance(p.set_image(scene.image).caption().text, str)
-
-
-def test_run_study_logs_one_wandb_run_per_value(tmp_path: Path, world: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    runs = tut.run_study("point_weight", [0.5, 4.0], stage="trace", out=tmp_path, data=world,
-                         steps=1, batch_size=2, val_limit=2, accelerator="cpu")
-    assert [r.name for r in runs] == ["point_weight=0.5", "point_weight=4.0"]
-    assert [r.resolved()["model"]["init_args"]["point_weight"] for r in runs] == [0.5, 4.0]
-    assert len(tut.wandb_offline_runs(tmp_path)) == 2  # one W&B run per fit, not one in all
-    table = tut.study_table(runs, ["val/trace/l1", "train/loss", "missing"])
-    assert list(table.index) == ["point_weight=0.5", "point_weight=4.0"]
-    assert np.isfinite(table["val/trace/l1"]).all() and table["missing"].isna().all()
-    png = viz.study_plot({r.name: r.csv for r in runs}, {r.name: r.val["val/trace/l1"]
-                                                         for r in runs},
-                         tmp_path / "study.png", param="point_weight", metric="val/trace/l1")
-    assert Image.open(png).size[0] > 500
-    nested = tut.run_study("loss.label_smoothing", [0.0], stage="caption", out=tmp_path,
-                           data=world, wandb=False, steps=1, batch_size=2, val_limit=2,
-                           accelerator="cpu")
-    assert nested[0].resolved()["model"]["init_args"]["model"]["loss"]["label_smoothing"] == 0.0
 
 
 # --------------------------------------------------------------------------- looking at runs
 
 
 def test_split_refer_records_and_gallery(world: Path) -> None:
-    scene = tut.shapes_scenes(world, n=1)[0]
+    scene = tut.shapes_images(world, n=1)[0]
     gt = list(scene.boxes[0])
     recs = [{"image": str(scene.image), "expression": "a", "box": gt, "gt_box": gt},
             {"image": str(scene.image), "expression": "b", "box": [0, 0, 2, 2], "gt_box": gt},
@@ -247,7 +148,7 @@ def test_proposal_steps_on_a_random_model(world: Path) -> None:
     torch.manual_seed(0)
     model = PixelLLM(PixelLLMConfig.from_name("tiny"))
     p = Predictor(model, device="cpu")
-    p.set_image(tut.shapes_scenes(world, n=1)[0].image)
+    p.set_image(tut.shapes_images(world, n=1)[0].image)
     steps = tut.proposal_steps(p, score_threshold=0.0, max_regions=3)
     assert steps.level_shapes == [(16, 16), (8, 8), (4, 4)]  # scales 2, 1, 0.5 of an 8x8 grid
     assert all(h.shape == s for h, s in zip(steps.heatmaps, steps.level_shapes))
@@ -266,17 +167,19 @@ def test_proposal_steps_on_a_random_model(world: Path) -> None:
 
 
 def test_describe_model_and_memory() -> None:
-    text = tut.describe_model("tiny", depth=1, device="cpu")
+    from pixelkit.modeling.summary import describe_model, memory_estimate
+
+    text = describe_model("tiny", depth=1, device="cpu")
     assert "PixelLLM 'tiny' at 64px (built on cpu)" in text and "point_head (PointHead)" in text
-    short = tut.describe_model("tiny", device="meta", tree=False)
+    short = describe_model("tiny", device="meta", tree=False)
     assert "(PointHead)" not in short and "total" in short
     n = sum(p.numel() for p in PixelLLM(PixelLLMConfig.from_name("tiny")).parameters())
-    m = tut.memory_estimate("tiny", precision="32-true")
+    m = memory_estimate("tiny", precision="32-true")
     assert m["trainable"] + m["frozen"] == n
     assert m["total_gib"] == pytest.approx(n * 16 / 1024 ** 3)
     lora = PixelLLMConfig.from_name("tiny", **{"language_model.freeze_base": True,
                                                 "language_model.lora": {"r": 4}})
-    half, full = tut.memory_estimate(lora, "bf16-mixed"), tut.memory_estimate(lora, "32-true")
+    half, full = memory_estimate(lora, "bf16-mixed"), memory_estimate(lora, "32-true")
     assert half["frozen"] > 0 and half["weights_gib"] < full["weights_gib"]
     table = tut.gpu_fit_table({"tiny": "tiny", "paper": "paper"}, gpus={"8 GB": 8, "80 GB": 80})
     assert list(table.index) == ["tiny", "paper"]
@@ -314,7 +217,7 @@ def test_tutorial_pictures() -> None:
 def test_nms_example_picks_the_image_nms_changes_most(world: Path) -> None:
     torch.manual_seed(0)
     p = Predictor(PixelLLM(PixelLLMConfig.from_name("tiny")), device="cpu")
-    scenes = tut.shapes_scenes(world, n=3)
+    scenes = tut.shapes_images(world, n=3)
     images = [s.image for s in scenes]
     removed = []
     for im in images:

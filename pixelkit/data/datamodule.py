@@ -51,29 +51,48 @@ SOURCE_TASKS = ("caption", "trace", "refer", "loca_caption", "densecap")
 
 @dataclass
 class SourceConfig:
-    """One annotation file used for one task.
+    """One annotation file used for one task: a named split, or explicit files.
 
     Attributes:
         task: one of :data:`SOURCE_TASKS`.
-        ann: annotation file (any format of :mod:`pixelkit.data.formats`).
-        images: folder of its images.
+        ann: annotation file (any format of :mod:`pixelkit.data.formats`); with ``split``,
+            left out.
+        images: folder of its images; with ``split``, left out.
         weight: relative sampling weight in the mixture.
         format: the file's format when auto-detection should be skipped.
         limit: read at most this many samples (after reading, in file order).
+        split: a split of :mod:`pixelkit.data.catalog` (``shapes/train``, ``refcoco/val``):
+            its file for ``task`` and its images, under the data module's ``root``.
     """
 
     task: str
-    ann: str
-    images: str
+    ann: str | None = None
+    images: str | None = None
     weight: float = 1.0
     format: str | None = None
     limit: int | None = None
+    split: str | None = None
 
     def __post_init__(self) -> None:
         if self.task not in SOURCE_TASKS:
             raise ValueError(f"SourceConfig.task={self.task!r}: choose one of {SOURCE_TASKS}")
         if self.weight < 0:
-            raise ValueError(f"SourceConfig.weight must be >= 0, got {self.weight} ({self.ann})")
+            raise ValueError(f"SourceConfig.weight must be >= 0, got {self.weight} "
+                             f"({self.split or self.ann})")
+        if self.split is not None and (self.ann is not None or self.images is not None):
+            raise ValueError(f"SourceConfig: give split ({self.split}) or ann / images, not both")
+        if self.split is None and self.ann is None:
+            raise ValueError(f"SourceConfig ({self.task}): give a catalog split or an ann file")
+
+    def resolved(self, root: str | Path) -> SourceConfig:
+        """The source with its files: a catalog split's under ``root``, else as given."""
+        if self.split is None:
+            return self
+        from pixelkit.data import catalog
+
+        split = catalog.get(self.split)
+        return dataclasses.replace(self, split=None, ann=str(split.annotation(self.task, root)),
+                                   images=str(split.image_dir(root)))
 
 
 def read_source(src: SourceConfig, strict: bool = False,
@@ -319,12 +338,22 @@ class ResumableDataLoader(DataLoader):
         sampler.skip_batches(done, self.batch_size or 1)
 
 
+def resolve_sources(sources: list[SourceConfig | dict[str, Any]], root: str | Path
+                    ) -> list[SourceConfig]:
+    """Sources (configs or dicts) with their files: catalog splits resolved under ``root``."""
+    return [(s if isinstance(s, SourceConfig) else SourceConfig(**s)).resolved(root)
+            for s in sources]
+
+
 class PixelDataModule(L.LightningDataModule):
     """Training and validation data of a stage.
 
     Args:
         train: training sources (task, annotation file, images folder, weight).
         val: validation sources (read in order, no augmentation).
+        root: the data root: catalog splits (``{task: trace, split: shapes/train}``) are
+            read from under it (:mod:`pixelkit.data.catalog`); explicit ``ann`` / ``images``
+            paths are used as given.
         tokenizer: the LM tokenizer (``"shapes"``, hub id or directory); must match the model.
         image_size: the model's input side S.
         batch_size: examples per batch (a ``densecap`` example holds several region rows).
@@ -346,6 +375,7 @@ class PixelDataModule(L.LightningDataModule):
     """
 
     def __init__(self, train: list[SourceConfig], val: list[SourceConfig] | None = None,
+                 root: str = "data/shapes",
                  tokenizer: str = "shapes", image_size: int = 64, batch_size: int = 32,
                  samples_per_epoch: int = 4096, num_workers: int = 0, batch_by_task: bool = False,
                  hflip_prob: float = 0.5, scale_jitter: list[float] | None = None,
@@ -358,8 +388,8 @@ class PixelDataModule(L.LightningDataModule):
         # linked from the model (image_size, tokenizer).
         hparams = {k: v for k, v in locals().items() if k not in ("self", "train", "val", "__class__")}
         super().__init__()
-        self.train_sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in train]
-        self.val_sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in val or []]
+        self.train_sources = resolve_sources(train, root)
+        self.val_sources = resolve_sources(val or [], root)
         # Checkpoints hold plain values only (they are read with weights_only=True).
         self.save_hyperparameters(hparams)
         self.hparams.update(train=[dataclasses.asdict(s) for s in self.train_sources],
@@ -487,14 +517,10 @@ class PixelDataModule(L.LightningDataModule):
 
 def shapes_sources(root: str, split: str, tasks: list[str] | None = None,
                    weights: dict[str, float] | None = None) -> list[SourceConfig]:
-    """Sources of a shapes world written by ``pixelkit synth --out root`` for one split."""
-    ann = f"{root}/annotations"
-    images = f"{root}/images/{split}"
-    files = {"caption": f"{ann}/captions_{split}.json",
-             "trace": f"{ann}/localized_narratives_{split}.jsonl",
-             "refer": f"{ann}/finetune_refcoco_{split}.json",
-             "loca_caption": f"{ann}/vg_{split}.json",
-             "densecap": f"{ann}/vg_{split}.json"}
+    """Sources of a shapes world written by ``pixelkit synth --out root`` for one split
+    (the catalog's ``shapes/<split>``, resolved under ``root``)."""
+    from pixelkit.data import catalog
+
     weights = weights or {}
-    return [SourceConfig(task=t, ann=files[t], images=images, weight=weights.get(t, 1.0))
-            for t in (tasks or list(files))]
+    tasks = tasks or [t for t in SOURCE_TASKS]
+    return catalog.get(f"shapes/{split}").sources(root, {t: weights.get(t, 1.0) for t in tasks})

@@ -15,6 +15,8 @@ file (``DIR/annotations/...``)                        format
 ====================================================  =====================================
 
 Images are ``DIR/images/{split}/{image_id:012d}.png``; ``split`` is ``train`` or ``val``.
+These names are the catalog's ``shapes/train`` and ``shapes/val``
+(:mod:`pixelkit.data.catalog`), which the writer takes them from.
 
 Conventions
 -----------
@@ -729,6 +731,81 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
 
 
+def narrative_record(scene: Scene, image_id: int, split: str,
+                     rng: np.random.Generator) -> dict[str, Any]:
+    """The Localized Narratives record of a scene (one line of the jsonl file).
+
+    Draws the narrative's timing and trace from ``rng`` (the scene's own generator, after the
+    scene itself), so the record is the same whether written by :func:`synthesize` or made
+    in memory by :func:`narrative_records`.
+    """
+    S = scene.image_size
+    narrative = make_narrative(scene.objects, S, rng)
+    annotator_id = int(rng.integers(0, 32))
+    return {
+        "dataset_id": f"shapes_world_{split}",
+        "image_id": str(image_id),
+        "annotator_id": annotator_id,
+        "caption": narrative.text.caption,
+        "timed_caption": [
+            {"utterance": w, "start_time": int(s) / 1000.0, "end_time": int(e) / 1000.0}
+            for w, (s, e) in zip(narrative.text.words, narrative.times_ms)
+        ],
+        "traces": [
+            [
+                {"x": x, "y": y, "t": t / 1000.0}
+                # Rounded in numpy (fast); 4 decimals are 0.006 px at S = 64.
+                for (x, y), t in zip(np.round(xy / S, 4).tolist(), t_ms.tolist())
+            ]
+            for xy, t_ms in narrative.segments
+        ],
+        "voice_recording": (
+            f"shapes_world_{split}/shapes_world_{split}_{image_id}_{annotator_id}.ogg"
+        ),
+    }
+
+
+def narrative_records(num: int, seed: int = 0, image_size: int = 64,
+                      max_objects: int = 3) -> list[dict[str, Any]]:
+    """The narratives of a world's first ``num`` scenes, in memory (no images, no files):
+    the records :func:`synthesize` writes for them (benchmarks of the readers use these)."""
+    _check_world(image_size, max_objects)
+    records = []
+    for index in range(num):
+        rng = scene_rng(seed, index)
+        scene = sample_scene(rng, image_size, max_objects)
+        records.append(narrative_record(scene, index + 1, "train", rng))
+    return records
+
+
+def split_images(out_dir: str | Path, split: str = "val", n: int = 6, num_images: int = 3000,
+                 seed: int = 0, image_size: int = 64, max_objects: int = 3,
+                 val_fraction: float = 0.2) -> list[tuple[Path, Scene]]:
+    """The first ``n`` images of a world's split, drawn on their own.
+
+    Every scene has its own generator, so these are byte for byte the files
+    :func:`synthesize` writes for the same world (with the quickstart's defaults: the first
+    images of its val split, which its model never trained on), without drawing the others.
+
+    Returns:
+        ``[(image file under out_dir, scene)]``, named as the catalog names them.
+    """
+    from pixelkit.data import catalog
+
+    _check_world(image_size, max_objects)
+    num_train, num_val = split_sizes(num_images, val_fraction)
+    first, count = (0, num_train) if split == "train" else (num_train, num_val)
+    layout = catalog.get(f"shapes/{split}")
+    out = []
+    for index in range(first, first + min(n, count)):
+        scene = sample_scene(scene_rng(seed, index), image_size, max_objects)
+        path = layout.image_path(index + 1, out_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(scene.image).save(path, format="PNG", compress_level=1)
+        out.append((path, scene))
+    return out
+
+
 def _check_world(image_size: int, max_objects: int) -> None:
     if not 1 <= max_objects <= MAX_OBJECTS_LIMIT:
         raise ValueError(f"max_objects must be in [1, {MAX_OBJECTS_LIMIT}], got {max_objects}")
@@ -779,13 +856,16 @@ class _SplitWriter:
     """Accumulates the COCO-style records of one split and streams its jsonl file."""
 
     def __init__(self, out_dir: Path, split: str, image_size: int) -> None:
+        from pixelkit.data import catalog
+
         self.split = split
         self.image_size = image_size
-        self.image_dir = out_dir / "images" / split
+        self.layout = catalog.get(f"shapes/{split}")  # every file name comes from there
+        self.out_dir = out_dir
+        self.image_dir = self.layout.image_dir(out_dir)
         self.image_dir.mkdir(parents=True, exist_ok=True)
-        self.ann_dir = out_dir / "annotations"
-        self.ann_dir.mkdir(parents=True, exist_ok=True)
-        self.ln_path = self.ann_dir / f"localized_narratives_{split}.jsonl"
+        self.ln_path = self.layout.annotation("trace", out_dir)
+        self.ln_path.parent.mkdir(parents=True, exist_ok=True)
         # Streamed (one line per image) so memory stays flat; closed by close().
         self.ln_file = open(self.ln_path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
         self.images: list[dict[str, Any]] = []
@@ -798,7 +878,7 @@ class _SplitWriter:
     def add(self, image_id: int, scene: Scene, rng: np.random.Generator, next_ann_id: int) -> int:
         """Write the image and its LN line, record its annotations; returns the next ann id."""
         S = self.image_size
-        file_name = f"{image_id:012d}.png"
+        file_name = self.layout.image_path(image_id, self.out_dir).name
         Image.fromarray(scene.image).save(
             self.image_dir / file_name, format="PNG", compress_level=1
         )
@@ -870,29 +950,7 @@ class _SplitWriter:
                 }
             )
 
-        narrative = make_narrative(scene.objects, S, rng)
-        annotator_id = int(rng.integers(0, 32))
-        record = {
-            "dataset_id": f"shapes_world_{self.split}",
-            "image_id": str(image_id),
-            "annotator_id": annotator_id,
-            "caption": narrative.text.caption,
-            "timed_caption": [
-                {"utterance": w, "start_time": int(s) / 1000.0, "end_time": int(e) / 1000.0}
-                for w, (s, e) in zip(narrative.text.words, narrative.times_ms)
-            ],
-            "traces": [
-                [
-                    {"x": x, "y": y, "t": t / 1000.0}
-                    # Rounded in numpy (fast); 4 decimals are 0.006 px at S = 64.
-                    for (x, y), t in zip(np.round(xy / S, 4).tolist(), t_ms.tolist())
-                ]
-                for xy, t_ms in narrative.segments
-            ],
-            "voice_recording": (
-                f"shapes_world_{self.split}/shapes_world_{self.split}_{image_id}_{annotator_id}.ogg"
-            ),
-        }
+        record = narrative_record(scene, image_id, self.split, rng)
         self.ln_file.write(_dumps(record) + "\n")
         return next_ann_id
 
@@ -905,36 +963,36 @@ class _SplitWriter:
             "contributor": "pixelkit.data.synth",
         }
         licenses: list[dict[str, Any]] = []
-        files = {
-            f"captions_{self.split}.json": {
+        files = {  # by the task the catalog files them under
+            "caption": {
                 "info": info,
                 "licenses": licenses,
                 "images": self.images,
                 "annotations": self.captions,
             },
-            f"instances_{self.split}.json": {
+            "detection": {
                 "info": info,
                 "licenses": licenses,
                 "images": self.images,
                 "annotations": self.instances,
                 "categories": CATEGORIES,
             },
-            f"finetune_refcoco_{self.split}.json": {
+            "refer": {
                 "info": info,
                 "licenses": licenses,
                 "images": self.ref_images,
                 "annotations": self.ref_anns,
                 "categories": CATEGORIES,
             },
-            f"vg_{self.split}.json": {
+            "densecap": {
                 "images": self.images,
                 "annotations": self.regions,
                 "categories": VG_CATEGORIES,
             },
         }
         paths = [self.ln_path]
-        for name, content in files.items():
-            path = self.ann_dir / name
+        for task, content in files.items():
+            path = self.layout.annotation(task, self.out_dir)
             path.write_text(_dumps(content), encoding="utf-8")
             paths.append(path)
         return paths

@@ -448,26 +448,18 @@ def shapes_examples(out_dir: str | Path, n: int = 6, num_images: int = 3000, see
                     ) -> list[tuple[Path, str]]:
     """The first ``n`` images of the shapes world's val split, with a referring expression each.
 
-    The scenes are regenerated from the world's seed (the same generator as ``pixelkit
-    synth``), so with the quickstart's defaults these are exactly the first images of
-    ``outputs/quickstart/data/images/val``, which the model did not train on.
+    :func:`pixelkit.data.synth.split_images` draws them alone (byte for byte the files
+    ``pixelkit synth`` writes), so with the quickstart's defaults these are exactly the first
+    images of ``outputs/quickstart/data/images/val``, which the model did not train on.
 
     Returns:
         ``[(png path, expression), ...]``.
     """
-    from pixelkit.data.synth import sample_scene, scene_rng, split_sizes
+    from pixelkit.data.synth import split_images
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    num_train, _ = split_sizes(num_images, val_fraction)
-    examples = []
-    for index in range(num_train, num_train + n):
-        scene = sample_scene(scene_rng(seed, index), image_size, max_objects)
-        path = out / f"{index + 1:012d}.png"  # the file name pixelkit synth gives it
-        Image.fromarray(scene.image).save(path)
-        expression = next((e for e in scene.referring_expressions() if e), "the shape")
-        examples.append((path, expression))
-    return examples
+    return [(path, next((e for e in scene.referring_expressions() if e), "the shape"))
+            for path, scene in split_images(out_dir, "val", n, num_images, seed, image_size,
+                                            max_objects, val_fraction)]
 
 
 def header(info: dict[str, Any]) -> str:

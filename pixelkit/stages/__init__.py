@@ -41,8 +41,24 @@ class DenseCaptioning(PixelLLMStage):
     default_train_proposals = True
 
 
+#: The four stages by name, in training order (each starts from the one before it): the
+#: one place that order is written.
 STAGES = {cls.stage_name: cls for cls in
           (CaptionPretraining, TraceTraining, ReferringTraining, DenseCaptioning)}
 
+
+def previous_stage(stage: str) -> str | None:
+    """The stage trained before ``stage`` (None for the first).
+
+    Raises:
+        ValueError: an unknown stage name.
+    """
+    order = list(STAGES)
+    if stage not in order:
+        raise ValueError(f"unknown stage {stage!r}; the stages are {', '.join(order)}")
+    i = order.index(stage)
+    return order[i - 1] if i else None
+
+
 __all__ = ["PixelLLMStage", "CaptionPretraining", "TraceTraining", "ReferringTraining",
-           "DenseCaptioning", "STAGES"]
+           "DenseCaptioning", "STAGES", "previous_stage"]

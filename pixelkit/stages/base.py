@@ -7,7 +7,7 @@ the subclasses in :mod:`pixelkit.stages` only change class-level defaults, never
 * ``init_from``: the previous stage's checkpoint (Lightning or slim), loaded strictly;
 * ``trainable`` / ``frozen``: ``fnmatch`` patterns over parameter names;
 * losses: text always; per-token points where the batch has targets (weight
-  ``point_weight``); the proposal head where the batch has ``gt_boxes`` and
+  ``model.loss.point_weight``); the proposal head where the batch has ``gt_boxes`` and
   ``train_proposals`` is on. ``proposal_prompt_prob`` swaps region prompts for the
   current proposals that match them (IoU >= 0.5), as the paper trains dense captioning.
 
@@ -26,7 +26,7 @@ import torch
 from torchvision.ops import box_iou
 
 from pixelkit.checkpoint import META_KEY, checkpoint_meta, read_checkpoint
-from pixelkit.config import PixelLLMConfig
+from pixelkit.config import ModelOverrides, PixelLLMConfig, overrides_dict
 from pixelkit.data.encoding import IGNORE_INDEX, MODEL_KEYS, TASK_IDS
 from pixelkit.eval import refer_accuracy, trace_l1
 from pixelkit.loggers import RUN_STATE_KEY, run_state
@@ -36,16 +36,8 @@ from pixelkit.modeling.trainable import format_summary, parameter_summary, set_t
 _TASK_NAMES = {v: k for k, v in TASK_IDS.items()}
 
 
-def _flatten(overrides: dict[str, Any] | None, prefix: str = "") -> dict[str, Any]:
-    """{"extractor": {"depth": 4}} -> {"extractor.depth": 4} (lists / leaf dicts kept)."""
-    flat: dict[str, Any] = {}
-    for key, value in (overrides or {}).items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and key not in ("kwargs", "arch", "lora"):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
+#: No change to the preset (the default of a stage's ``model`` argument; never modified).
+NO_OVERRIDES = ModelOverrides()
 
 
 class PixelLLMStage(L.LightningModule):
@@ -53,7 +45,10 @@ class PixelLLMStage(L.LightningModule):
 
     Args:
         preset: model preset (``tiny``, ``base``, ``paper``).
-        model: nested overrides of the preset's config, e.g. ``{"extractor": {"depth": 4}}``.
+        model: nested overrides of the preset's config, e.g. ``{"extractor": {"depth": 4}}``
+            or ``{"loss": {"point_weight": 2.0}}``: the one place every model value is set.
+            Each key is checked against the config dataclasses
+            (:func:`pixelkit.config.apply_overrides`); an unknown one is an error naming it.
         init_from: checkpoint of the previous stage to start from (null: the preset's weights).
         trainable: parameter-name patterns to train, all others frozen (null: what the model
             config leaves trainable).
@@ -64,7 +59,6 @@ class PixelLLMStage(L.LightningModule):
             can learn faster than the pretrained trunk.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up, then cosine decay to 10% over the run.
-        point_weight: weight of the per-token point L1 (null: the model config's).
         train_proposals: train the proposal head on batches with ground-truth boxes.
         proposal_prompt_prob: share of region prompts replaced by matched proposals.
     """
@@ -76,18 +70,19 @@ class PixelLLMStage(L.LightningModule):
     default_frozen: list[str] = []
     default_train_proposals = False
 
-    def __init__(self, preset: str = "tiny", model: dict[str, Any] | None = None,
+    def __init__(self, preset: str = "tiny", model: ModelOverrides = NO_OVERRIDES,  # type: ignore[valid-type]
                  init_from: str | None = None, trainable: list[str] | None = None,
                  frozen: list[str] | None = None, lr: float = 1e-3, head_lr: float | None = None,
                  weight_decay: float = 0.01, warmup_steps: int = 50,
-                 point_weight: float | None = None, train_proposals: bool | None = None,
-                 proposal_prompt_prob: float = 0.0) -> None:
+                 train_proposals: bool | None = None, proposal_prompt_prob: float = 0.0) -> None:
+        overrides = overrides_dict(model)
+        # Every argument, as plain values (checkpoints are read with weights_only=True): the
+        # model overrides as the nested dict of what is set.
+        hparams = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        hparams["model"] = hparams.pop("overrides")
         super().__init__()
-        self.save_hyperparameters()
-        overrides = _flatten(model)
-        if point_weight is not None:
-            overrides["loss.point_weight"] = point_weight
-        self.config = PixelLLMConfig.from_name(preset, **overrides)
+        self.save_hyperparameters(hparams)
+        self.config = PixelLLMConfig.from_name(preset, overrides=overrides)
         self.model = PixelLLM(self.config)
         if init_from:
             self.load_weights(init_from)
