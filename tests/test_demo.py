@@ -25,6 +25,7 @@ import torch
 from _servers import free_port, start, stop, wait_until_serving
 from PIL import Image
 
+from pixelkit.data import catalog
 from pixelkit import PixelLLM, PixelLLMConfig, Predictor
 from pixelkit.checkpoint import save_model
 from pixelkit.decoding import DecodeOptions
@@ -215,9 +216,9 @@ def test_examples_are_the_shapes_val_split(tmp_path) -> None:
 
     synthesize(tmp_path / "world", num_images=10, progress=False)
     examples = app.shapes_examples(tmp_path / "ex", n=2, num_images=10)
-    val = sorted((tmp_path / "world" / "images" / "val").glob("*.png"))
-    refs = json.loads((tmp_path / "world" / "annotations" / "finetune_refcoco_val.json")
-                      .read_text())
+    layout = catalog.get("shapes/val")
+    val = sorted(layout.image_dir(tmp_path / "world").glob("*.png"))
+    refs = json.loads(layout.annotation("refer", tmp_path / "world").read_text())
     expressions = {e["caption"] for e in refs["images"]}
     for (path, expression), truth in zip(examples, val):
         assert path.name == truth.name and path.read_bytes() == truth.read_bytes()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from pixelkit.data import catalog
 from pixelkit import PixelLLM, PixelLLMConfig, Predictor
 from pixelkit.checkpoint import save_model
 from pixelkit.cli import main
@@ -24,13 +25,8 @@ if available("pycocoevalcap"):  # the metrics extra; its tests are marked `extra
 needs_metrics = pytest.mark.extra("pycocoevalcap")
 from pixelkit.evaluate import evaluate_refer, load_samples, read_predictions
 
-ANN = {
-    "refer": "finetune_refcoco_val.json",
-    "loca-caption": "vg_val.json",
-    "caption": "captions_val.json",
-    "densecap": "vg_val.json",
-    "trace": "localized_narratives_val.jsonl",
-}
+#: The shapes world's val split: its files and images come from the catalog.
+VAL = catalog.get("shapes/val")
 KEYS = {
     "refer": {"p_at_0.5", "mean_iou"},
     "loca-caption": {"exact_match", "CIDEr", "METEOR", "BLEU-4", "ROUGE-L"},
@@ -60,12 +56,16 @@ def _stub_meteor(cands: list[str], refs: list[list[str]]) -> list[float]:
     return out
 
 
+def _ann(world: dict[str, Path], task: str) -> Path:
+    return VAL.annotation(task.replace("-", "_"), world["data"])
+
+
 def _run(world: dict[str, Path], task: str, *extra: str) -> tuple[dict, list[dict]]:
     out = world["root"] / f"{task}.json"
     preds = world["root"] / f"{task}.jsonl"
     code = main(["eval", "--task", task, "--ckpt", str(world["ckpt"]),
-                 "--ann", str(world["data"] / "annotations" / ANN[task]),
-                 "--images", str(world["data"] / "images" / "val"), "--out", str(out),
+                 "--ann", str(_ann(world, task)),
+                 "--images", str(VAL.image_dir(world["data"])), "--out", str(out),
                  "--predictions", str(preds), "--batch-size", "4", "--max-new-tokens", "6",
                  "--no-progress", *extra])
     assert code == 0
@@ -117,8 +117,8 @@ def test_loca_caption_with_real_meteor(world) -> None:
 def test_caption_groups_references_by_image(world) -> None:
     metrics, preds = _run(world, "caption", "--metrics", "CIDEr,BLEU-4,ROUGE-L")
     assert set(metrics) >= KEYS["caption"] and "METEOR" not in metrics
-    samples, _ = load_samples("caption", world["data"] / "annotations" / ANN["caption"],
-                              world["data"] / "images" / "val")
+    samples, _ = load_samples("caption", _ann(world, "caption"),
+                              VAL.image_dir(world["data"]))
     assert len(preds) == len({s.image_path for s in samples})
     cands = {p["index"]: p["caption"] for p in preds}
     refs = {p["index"]: p["references"] for p in preds}
@@ -162,8 +162,8 @@ def test_trace(world) -> None:
 def test_python_api_is_batch_size_invariant(world) -> None:
     predictor = Predictor.from_checkpoint(world["ckpt"], device="cpu",
                                           decode_options=DecodeOptions(max_new_tokens=4))
-    samples, _ = load_samples("refer", world["data"] / "annotations" / ANN["refer"],
-                              world["data"] / "images" / "val")
+    samples, _ = load_samples("refer", _ann(world, "refer"),
+                              VAL.image_dir(world["data"]))
     m1, p1 = evaluate_refer(predictor, samples, batch_size=1)
     m8, p8 = evaluate_refer(predictor, samples, batch_size=8)
     assert m1 == pytest.approx(m8)
@@ -172,8 +172,8 @@ def test_python_api_is_batch_size_invariant(world) -> None:
 
 def test_bad_arguments_exit_cleanly(world, capsys) -> None:
     code = main(["eval", "--task", "refer", "--ckpt", str(world["root"] / "missing.ckpt"),
-                 "--ann", str(world["data"] / "annotations" / ANN["refer"])])
+                 "--ann", str(_ann(world, "refer"))])
     assert code == 2 and "missing.ckpt" in capsys.readouterr().err
     code = main(["eval", "--task", "trace", "--ckpt", str(world["ckpt"]),
-                 "--ann", str(world["data"] / "annotations" / ANN["refer"])])
+                 "--ann", str(_ann(world, "refer"))])
     assert code == 2 and "trace" in capsys.readouterr().err

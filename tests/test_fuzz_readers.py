@@ -40,6 +40,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from pixelkit.data import catalog
 from pixelkit.data.formats import (
     DataFormatError,
     ReadReport,
@@ -250,7 +251,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Target]:
     root = tmp_path_factory.mktemp("fuzz")
     synth = root / "synth"
     synthesize(synth, num_images=4, image_size=64, seed=0, val_fraction=0.2, progress=False)
-    synth_images = synth / "images" / "train"
+    synth_images = catalog.get("shapes/train").image_dir(synth)
     real_images = root / "real_images"
     _image(real_images / "000000137576.jpg", (64, 48))
     _image(real_images / "ADE_val_00000175.jpg", (48, 64))
@@ -281,7 +282,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Target]:
             ("read_any", lambda p, s: read_any(p, images, s, **kw)),
         ]
 
-    ann = synth / "annotations"
+    layout = catalog.get("shapes/train")
+    ann = {task: layout.annotation(task, synth) for task in layout.tasks}
     targets = [
         Target("real_coco_instances", REAL / "coco_instances_val2017_slice.json",
                dest("real_coco_instances", "instances_val2017.json"),
@@ -301,19 +303,16 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Target]:
                both(read_refer_pickle, real_images)
                + [("split", lambda p, s: read_refer_pickle(p, None, s, split="train"))],
                also_named=(out / "real_refer_pickle" / "instances.json",)),
-        Target("synth_ln", ann / "localized_narratives_train.jsonl",
-               dest("synth_ln", "localized_narratives_train.jsonl"),
+        Target("synth_ln", ann["trace"], dest("synth_ln", ann["trace"].name),
                both(read_localized_narratives, synth_images, check_images=True)),
-        Target("synth_captions", ann / "captions_train.json",
-               dest("synth_captions", "captions_train.json"),
+        Target("synth_captions", ann["caption"], dest("synth_captions", ann["caption"].name),
                both(read_coco_captions, synth_images, check_images=True)),
-        Target("synth_instances", ann / "instances_train.json",
-               dest("synth_instances", "instances_train.json"),
+        Target("synth_instances", ann["detection"],
+               dest("synth_instances", ann["detection"].name),
                both(read_coco_instances, synth_images)),
-        Target("synth_mdetr", ann / "finetune_refcoco_train.json",
-               dest("synth_mdetr", "finetune_refcoco_train.json"),
+        Target("synth_mdetr", ann["refer"], dest("synth_mdetr", ann["refer"].name),
                both(read_mdetr_refcoco, synth_images, check_images=True)),
-        Target("synth_grit", ann / "vg_train.json", dest("synth_grit", "vg_train.json"),
+        Target("synth_grit", ann["densecap"], dest("synth_grit", ann["densecap"].name),
                both(read_grit, synth_images)
                + [("loca_caption", lambda p, s: read_grit(p, synth_images, s, task="loca_caption"))]),
     ]  # fmt: skip

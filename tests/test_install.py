@@ -148,6 +148,7 @@ CORE_SCRIPT = textwrap.dedent("""
 
     from pixelkit import Predictor
     from pixelkit.cli import main
+    from pixelkit.data import catalog
 
     def cli(*argv):
         err = io.StringIO()
@@ -164,22 +165,22 @@ CORE_SCRIPT = textwrap.dedent("""
     ckpt = Path("runs/caption/checkpoints/last.ckpt")
     assert ckpt.is_file() and Path("runs/caption/csv/metrics.csv").is_file()
 
+    val, root = catalog.get("shapes/val"), "data/shapes"
+    images = str(val.image_dir(root))
     p = Predictor.from_checkpoint(ckpt)
-    p.set_image(sorted(Path("data/shapes/images/val").glob("*.png"))[0])
+    p.set_image(sorted(val.image_dir(root).glob("*.png"))[0])
     cap, ref = p.caption(), p.refer("the red circle")
     assert len(ref.box) == 4 and len(cap.points) == len(cap.words)
 
-    ann = "data/shapes/annotations/"
-    for task, file in (("refer", "finetune_refcoco_val.json"),
-                       ("trace", "localized_narratives_val.jsonl")):
-        code, err = cli("eval", "--task", task, "--ckpt", str(ckpt), "--ann", ann + file,
-                        "--images", "data/shapes/images/val", "--out", f"{{task}}.json",
-                        "--no-progress", "--limit", "4")
+    for task in ("refer", "trace"):
+        code, err = cli("eval", "--task", task, "--ckpt", str(ckpt), "--ann",
+                        str(val.annotation(task, root)), "--images", images,
+                        "--out", f"{{task}}.json", "--no-progress", "--limit", "4")
         assert code == 0, err
         assert json.loads(Path(f"{{task}}.json").read_text())
     # What needs an extra says which one, in one line, exit status 2.
     code, err = cli("eval", "--task", "caption", "--ckpt", str(ckpt), "--ann",
-                    ann + "captions_val.json", "--images", "data/shapes/images/val",
+                    str(val.annotation("caption", root)), "--images", images,
                     "--no-progress", "--limit", "2")
     assert code == 2 and "pixelkit[metrics]" in err and len(err.strip().splitlines()) == 1, err
     code, err = cli("demo", "--ckpt", str(ckpt))

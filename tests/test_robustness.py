@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from pixelkit.data import catalog
 from pixelkit import PixelLLM, PixelLLMConfig, Predictor
 from pixelkit.checkpoint import CheckpointError, load_model, read_checkpoint, save_model
 from pixelkit.cli import main
@@ -62,10 +63,10 @@ def one_line_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 
 def eval_args(world: Path, ckpt: Path, tmp_path: Path, *extra: str) -> list[str]:
+    val = catalog.get("shapes/val")
     return ["eval", "--task", "refer", "--ckpt", str(ckpt), "--ann",
-            str(world / "annotations" / "finetune_refcoco_val.json"), "--images",
-            str(world / "images" / "val"), "--out", str(tmp_path / "m.json"), "--no-progress",
-            *extra]
+            str(val.annotation("refer", world)), "--images", str(val.image_dir(world)),
+            "--out", str(tmp_path / "m.json"), "--no-progress", *extra]
 
 
 # --------------------------------------------------------------------------- bad checkpoints
@@ -140,7 +141,7 @@ def test_bad_images_at_prediction_time(capsys, world: Path, ckpt: Path, tmp_path
                                        png_header) -> None:
     images = tmp_path / "val"
     images.mkdir()
-    for png in (world / "images" / "val").glob("*.png"):
+    for png in catalog.get("shapes/val").image_dir(world).glob("*.png"):
         (images / png.name).write_bytes(png.read_bytes())
     pngs = sorted(images.glob("*.png"))
     data = pngs[0].read_bytes()

@@ -11,13 +11,13 @@ import argparse
 import hashlib
 import itertools
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from pixelkit.data import catalog
 from pixelkit.data import synth
 
 SPLITS = ("train", "val")
@@ -54,18 +54,20 @@ def world(request, tmp_path_factory) -> dict:
     """A written world plus everything read back from its files."""
     image_size, max_objects, num_images = request.param
     root = _write_world(tmp_path_factory.mktemp("world"), image_size, max_objects, num_images)
-    ann = root / "annotations"
     data: dict = {"root": root, "S": image_size, "max_objects": max_objects, "N": num_images}
     for split in SPLITS:
+        layout = catalog.get(f"shapes/{split}")  # the file names are the catalog's
+
+        def read(task: str, layout=layout) -> dict:
+            return json.loads(layout.annotation(task, root).read_text())
+
         data[split] = {
-            "ln": [
-                json.loads(line)
-                for line in (ann / f"localized_narratives_{split}.jsonl").read_text().splitlines()
-            ],
-            "captions": json.loads((ann / f"captions_{split}.json").read_text()),
-            "instances": json.loads((ann / f"instances_{split}.json").read_text()),
-            "refcoco": json.loads((ann / f"finetune_refcoco_{split}.json").read_text()),
-            "vg": json.loads((ann / f"vg_{split}.json").read_text()),
+            "ln": [json.loads(line) for line in
+                   layout.annotation("trace", root).read_text().splitlines()],
+            "captions": read("caption"),
+            "instances": read("detection"),
+            "refcoco": read("refer"),
+            "vg": read("densecap"),
         }
     return data
 
@@ -167,10 +169,11 @@ def test_files_and_image_ids_agree(world):
         assert {a["image_id"] for a in d["instances"]["annotations"]} == set(ids)
         assert {a["image_id"] for a in d["vg"]["annotations"]} == set(ids)
         assert {im["original_id"] for im in d["refcoco"]["images"]} <= set(ids)
+        layout = catalog.get(f"shapes/{split}")
         for im in d["instances"]["images"]:
-            assert im["file_name"] == f"{im['id']:012d}.png"
+            assert im["file_name"] == layout.image_path(im["id"], root).name
             assert (im["width"], im["height"]) == (S, S)
-            with Image.open(root / "images" / split / im["file_name"]) as pil:
+            with Image.open(layout.image_dir(root) / im["file_name"]) as pil:
                 assert pil.mode == "RGB" and pil.size == (S, S)
         for r in d["ln"]:
             assert r["dataset_id"] == f"shapes_world_{split}"
@@ -215,7 +218,7 @@ def test_pixels_colours_and_background(world):
     S, root = world["S"], world["root"]
     for split in SPLITS:
         for image_id, objs in objects_by_image(world[split], S).items():
-            with Image.open(root / "images" / split / f"{image_id:012d}.png") as pil:
+            with Image.open(catalog.get(f"shapes/{split}").image_path(image_id, root)) as pil:
                 pixels = np.asarray(pil.convert("RGB")).astype(int)
             covered = np.zeros((S, S), bool)
             for o in objs:
@@ -251,7 +254,8 @@ def test_referring_expressions(world):
             im = ref_images[ann["image_id"]]
             assert (
                 im["dataset_name"] == "shapes"
-                and im["file_name"] == f"{im['original_id']:012d}.png"
+                and im["file_name"] == catalog.get(f"shapes/{split}").image_path(
+                    im["original_id"], world["root"]).name
             )
             assert (im["width"], im["height"]) == (S, S)
             objs = objects[im["original_id"]]
@@ -378,7 +382,9 @@ def test_scene_is_independent_of_world_size(tmp_path):
     """Scene i depends only on (seed, i): a bigger world starts with the same images."""
     small = _digest(_write_world(tmp_path / "s", 64, 3, 4, seed=1))
     big = _digest(_write_world(tmp_path / "b", 64, 3, 8, seed=1))
-    for name in ("images/train/000000000001.png", "images/train/000000000002.png"):
+    train = catalog.get("shapes/train")
+    for image_id in (1, 2):
+        name = str(train.image_path(image_id, "/").relative_to("/"))
         assert small[name] == big[name]
 
 
@@ -426,6 +432,6 @@ def test_cli_glue(tmp_path, capsys):
     assert synth.run(args) == 0
     out = capsys.readouterr().out
     assert "train: 4 images" in out and "val: 1 images" in out
-    assert (tmp_path / "w" / "annotations" / "finetune_refcoco_val.json").is_file()
-    assert re.search(r"wrote .*localized_narratives_train\.jsonl", out)
+    assert catalog.get("shapes/val").annotation("refer", tmp_path / "w").is_file()
+    assert f"wrote {catalog.get('shapes/train').annotation('trace', tmp_path / 'w')}" in out
     assert len(list((tmp_path / "w" / "images").rglob("*.png"))) == 5

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pixelkit.data import catalog
 from pixelkit import tutorial as tut
 from pixelkit import viz
 from pixelkit.config import PixelLLMConfig
@@ -64,7 +65,7 @@ def test_shapes_world_is_written_once_and_reused(tmp_path: Path) -> None:
     assert tut.shapes_world(6, root=tmp_path) == a
     assert (a / "world.json").stat().st_mtime_ns == stamp  # not rewritten
     b = tut.shapes_world(6, seed=2, root=tmp_path)
-    assert b != a and (b / "annotations" / "localized_narratives_val.jsonl").is_file()
+    assert b != a and catalog.get("shapes/val").annotation("trace", b).is_file()
     assert json.loads((a / "world.json").read_text())["seed"] == 1  # not the quickstart's 0
 
 

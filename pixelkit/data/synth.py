@@ -4,19 +4,19 @@ Every image is a small grey canvas with one to a few flat-coloured circles, squa
 triangles. From one scene the generator writes the *same files the real data sets come
 in*, so the shapes world goes through exactly the readers in :mod:`pixelkit.data.formats`:
 
-====================================================  =====================================
-file (``DIR/annotations/...``)                        format
-====================================================  =====================================
-``localized_narratives_{split}.jsonl``                Localized Narratives (caption + trace)
-``captions_{split}.json``                             COCO captions
-``instances_{split}.json``                            COCO instances (three shape categories)
-``finetune_refcoco_{split}.json``                     MDETR RefCOCO (one entry per expression)
-``vg_{split}.json``                                   GRiT-style dense captions (VG regions)
-====================================================  =====================================
+======================  =====================================================
+catalog task (file)     format
+======================  =====================================================
+``trace``               Localized Narratives jsonl (caption + trace)
+``caption``             COCO captions
+``detection``           COCO instances (three shape categories)
+``refer``               MDETR RefCOCO (one entry per expression)
+``densecap``            GRiT-style dense captions (VG regions)
+======================  =====================================================
 
-Images are ``DIR/images/{split}/{image_id:012d}.png``; ``split`` is ``train`` or ``val``.
-These names are the catalog's ``shapes/train`` and ``shapes/val``
-(:mod:`pixelkit.data.catalog`), which the writer takes them from.
+for a ``train`` and a ``val`` split, plus one PNG per image. The file and image names are
+the catalog's ``shapes/train`` and ``shapes/val`` (:mod:`pixelkit.data.catalog`), which the
+writer takes them from: the layout is written down there and nowhere else.
 
 Conventions
 -----------
