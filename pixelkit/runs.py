@@ -377,21 +377,32 @@ def train(resolved: ResolvedRun, quiet: bool = True) -> StageRun:
                     snapshots=sorted((resolved.dir / "snapshots").glob("step*.ckpt")))
 
 
+def stage_config(config: str | Path, real: bool = False) -> str | Path:
+    """A stage name as its packaged config: ``trace`` -> ``real/trace`` with ``real``
+    (the real data sets on a GPU); files and other names unchanged."""
+    from pixelkit.stages import STAGES
+
+    return f"real/{config}" if real and str(config) in STAGES else config
+
+
 def run_stage(config: str | Path, *, out: str | Path, name: str | None = None,
-              quiet: bool = True, **options: Any) -> StageRun:
+              real: bool = False, quiet: bool = True, **options: Any) -> StageRun:
     """Train one stage: :func:`resolve_run` then train it in this process.
 
     Args:
         config: a packaged config (``caption``, ``real/trace``) or a YAML file.
         out: the output folder (see :func:`resolve_run`).
         name: the run's name (default: the stage's).
+        real: a stage name means its real-data config (``real/<stage>``).
         quiet: hide Lightning's info lines and progress bar.
         **options: :func:`resolve_run`'s (settings, ``overrides``, ``model``, ``wandb``, ...).
 
     Returns:
         The :class:`StageRun`.
     """
-    return train(resolve_run(config, out=out, name=name, quiet=quiet, **options), quiet)
+    resolved = resolve_run(stage_config(config, real), out=out, name=name, quiet=quiet,
+                           **options)
+    return train(resolved, quiet)
 
 
 def run_chain(stages: Sequence[str], *, out: str | Path, steps: Mapping[str, int] | int | None,
@@ -414,9 +425,8 @@ def run_chain(stages: Sequence[str], *, out: str | Path, steps: Mapping[str, int
     init = init_from
     for stage in stages:
         n = steps.get(stage) if isinstance(steps, Mapping) else steps
-        config = f"real/{stage}" if real else stage
         extra = {"init_from": str(init)} if init is not None else {}
-        runs[stage] = run_stage(config, out=out, steps=n, **extra, **options)
+        runs[stage] = run_stage(stage, out=out, real=real, steps=n, **extra, **options)
         init = runs[stage].last
         print(f"[pixelkit] {stage}: {runs[stage].steps} steps in {runs[stage].seconds:.0f} s")
     return runs
@@ -561,13 +571,15 @@ def study_run_name(param: str, value: Any, seed: int) -> str:
 
 def plan_study(config: str | Path, param: str, values: Sequence[Any], *,
                seeds: Sequence[int] = (0,), out: str | Path, name: str | None = None,
-               wandb: bool | None = None, **options: Any) -> list[ResolvedRun]:
+               wandb: bool | None = None, real: bool = False,
+               **options: Any) -> list[ResolvedRun]:
     """Resolve (and write) every run of a study and check them, training nothing.
 
     Raises:
         ValueError: see :func:`check_study`; or ``param`` set by ``options`` too.
     """
     group = name or f"{Path(str(config)).stem}-{param.rsplit('.', 1)[-1]}"
+    config = stage_config(config, real)
     runs = []
     for value in values:
         for seed in seeds:

@@ -38,36 +38,33 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def write_config(world: Path, run: Path, *, max_steps: int = MAX_STEPS, wandb: bool = False,
                  **data: object) -> Path:
-    """The packaged caption config on ``world``, small and fast, logging into ``run``."""
-    cfg = yaml.safe_load(resolve_config("caption").read_text())
-    for split in ("train", "val"):
-        for src in cfg["data"][split]:
-            src["ann"] = src["ann"].replace("data/shapes", str(world))
-            src["images"] = src["images"].replace("data/shapes", str(world))
-    cfg["data"].update(batch_size=4, samples_per_epoch=16, val_limit=4, **data)
-    loggers = [{"class_path": "pixelkit.loggers.CSVLogger",
-                "init_args": {"save_dir": str(run), "name": "csv", "version": ""}}]
-    if wandb:
-        loggers.append({"class_path": "lightning.pytorch.loggers.WandbLogger",
-                        "init_args": {"project": "pixelkit-test", "save_dir": str(run)}})
-    cfg["trainer"].update(
-        max_steps=max_steps, val_check_interval=VAL_EVERY, log_every_n_steps=1,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(run),
-        logger=loggers,
-        callbacks=[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": str(run / "checkpoints"), "monitor": "val/loss",
-                                  "save_last": True, "save_top_k": 1}}])
-    path = run / "config.yaml"
-    run.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    """The packaged caption config on ``world``, small and fast, logging into ``run``
+    (resolved through :func:`pixelkit.runs.resolve_run`, as every run is)."""
+    from pixelkit.runs import resolve_run
+
+    resolved = resolve_run(
+        "caption", out=run.parent.parent, name=run.name, data_root=world, steps=max_steps,
+        val_every=VAL_EVERY, batch_size=4, val_limit=4, wandb=wandb, prediction_images=False,
+        overrides={"data.samples_per_epoch": 16, "trainer.log_every_n_steps": 1,
+                   **{f"data.{k}": v for k, v in data.items()}})
+    assert resolved.dir == run.resolve()
+    return resolved.path
 
 
 def fit(config: Path, *extra: str, slow_save: tuple[str, int] | None = None) -> Any:
     """``pixelkit fit --config config EXTRA`` in its own (forked) process, logging to
-    ``fit.log`` beside the config."""
-    return _fitrunner.start(["fit", "--config", str(config), *extra], config.parent / "fit.log",
-                            slow_save)
+    its log (:func:`_log`)."""
+    return _fitrunner.start(["fit", "--config", str(config), *extra], _log(config), slow_save)
+
+
+def _log(config: Path) -> Path:
+    """A run's log: beside its resolved config (``<out>/configs/<name>.log``)."""
+    return config.with_suffix(".log")
+
+
+def run_log(run: Path) -> str:
+    """The log of the run whose folder is ``run`` (``<out>/runs/<name>``)."""
+    return _log(run.parent.parent / "configs" / f"{run.name}.yaml").read_text()
 
 
 def wait(proc: Any, timeout: float = 600) -> int | None:
@@ -81,7 +78,7 @@ def finish(config: Path, attempts: int = 3) -> None:
     for _ in range(attempts):
         if wait(fit(config, "--ckpt_path", "last")) == 0:
             return
-    pytest.fail((config.parent / "fit.log").read_text()[-4000:])
+    pytest.fail(_log(config).read_text()[-4000:])
 
 
 def assert_whole(run: Path) -> None:
@@ -146,12 +143,12 @@ def kill_trial(world: Path, run: Path, trial: int, max_saves: int = 2,
     finish(config)
     assert_whole(run)
     assert_complete(run)
-    return killed, (run / "fit.log").read_text()
+    return killed, run_log(run)
 
 
 @pytest.mark.parametrize("trial", range(4))
 def test_killed_at_a_random_moment_resumes_whole(world: Path, tmp_path: Path, trial: int) -> None:
-    killed, _ = kill_trial(world, tmp_path / "run", trial)
+    killed, _ = kill_trial(world, tmp_path / "runs" / "run", trial)
     # After at most 2 of 4 checkpoints and 0.2 s, at least 3 steps and a validation remain.
     assert killed, "the run ended before the kill"
 
@@ -159,25 +156,25 @@ def test_killed_at_a_random_moment_resumes_whole(world: Path, tmp_path: Path, tr
 @pytest.mark.stress
 @pytest.mark.parametrize("trial", range(4, 44))
 def test_killed_at_more_random_moments(world: Path, tmp_path: Path, trial: int) -> None:
-    kill_trial(world, tmp_path / "run", trial, max_saves=4, max_delay=1.0)
+    kill_trial(world, tmp_path / "runs" / "run", trial, max_saves=4, max_delay=1.0)
 
 
 def test_killed_before_any_checkpoint_starts_fresh_in_one_line(world: Path,
                                                                tmp_path: Path) -> None:
-    killed, log = kill_trial(world, tmp_path / "run", trial=0, max_saves=0, max_delay=0.0)
+    killed, log = kill_trial(world, tmp_path / "runs" / "run", trial=0, max_saves=0, max_delay=0.0)
     assert killed
     assert "--ckpt_path last: no checkpoint in" in log and "starting from step 0" in log
 
 
 def test_killed_while_writing_a_checkpoint(world: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
+    run = tmp_path / "runs" / "run"
     config = write_config(world, run)
     marker = tmp_path / "writing"
     # The 4th write is last.ckpt at the 2nd validation (each one writes the best, then last).
     proc = fit(config, slow_save=(str(marker), 4))
     deadline = time.monotonic() + 600
     while not marker.exists():
-        assert proc.is_alive(), (run / "fit.log").read_text()[-4000:]
+        assert proc.is_alive(), run_log(run)[-4000:]
         assert time.monotonic() < deadline, "the slowed checkpoint write never started"
         time.sleep(0.05)
     proc.kill()
@@ -189,14 +186,14 @@ def test_killed_while_writing_a_checkpoint(world: Path, tmp_path: Path) -> None:
         == VAL_EVERY
     finish(config)
     assert not list((run / "checkpoints").glob(".*.partial"))  # the orphan was removed
-    assert "removed" in (run / "fit.log").read_text()
+    assert "removed" in run_log(run)
     assert_complete(run)
 
 
 @pytest.mark.extra("wandb")
 def test_resume_continues_the_wandb_run_and_moves_an_old_log_aside(world: Path,
                                                                     tmp_path: Path) -> None:
-    run = tmp_path / "run"
+    run = tmp_path / "runs" / "run"
     config = write_config(world, run, max_steps=VAL_EVERY, wandb=True)
     assert wait(fit(config)) == 0
     first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["pixelkit_run"]
@@ -233,17 +230,17 @@ def test_bad_images_are_skipped_and_counted(tmp_path: Path, png_header) -> None:
     world = tmp_path / "shapes"
     synthesize(world, num_images=40, image_size=64, seed=1, val_fraction=0.2, progress=False)
     names = _break_images(world, png_header)
-    run = tmp_path / "run"
+    run = tmp_path / "runs" / "run"
     config = write_config(world, run, max_steps=6, max_bad_image_share=0.2)
-    assert wait(fit(config)) == 0, (run / "fit.log").read_text()[-4000:]
+    assert wait(fit(config)) == 0, run_log(run)[-4000:]
     with open(run / "csv" / "metrics.csv", newline="") as f:
         counts = [float(r["data/skipped_images"]) for r in csv.DictReader(f)
                   if r.get("data/skipped_images")]
     assert counts[0] == 2 and max(counts) == 3  # the readers' two, then the loader's one
-    log = (run / "fit.log").read_text()
+    log = run_log(run)
     assert "skipped a bad image" in log and all(name in log for name in names)
     # Past the allowed share, the run stops with one line naming the files.
-    config = write_config(world, tmp_path / "strict", max_steps=6, max_bad_image_share=0.0)
+    config = write_config(world, tmp_path / "runs" / "strict", max_steps=6, max_bad_image_share=0.0)
     assert wait(fit(config)) == 2
-    out = (tmp_path / "strict" / "fit.log").read_text()
+    out = run_log(tmp_path / "runs" / "strict")
     assert "max_bad_image_share=0" in out and "Traceback" not in out

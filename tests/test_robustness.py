@@ -167,7 +167,7 @@ def test_fit_paths_are_checked_in_one_line(capsys, world: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # the packaged configs read data/shapes/... from here
     line = one_line_error(capsys, "fit", "--config", "caption")
-    assert "data.train[0].ann" in line and "does not exist" in line
+    assert "data.train[0]" in line and "captions_train.json does not exist" in line
     monkeypatch.chdir(world.parents[1])  # now data/shapes exists, runs/caption does not
     line = one_line_error(capsys, "fit", "--config", "trace")
     assert "model.init_args.init_from" in line and "last.ckpt" in line
