@@ -380,7 +380,7 @@ def argument_error_message(text: str) -> str:
     if found:
         key = f"{found.group(1)}.{found.group(2)}"
     else:
-        found = re.search(r"unrecognized arguments: --([\w.]+)", text)
+        found = re.search(r"unrecognized arguments: --([\w.]+)", text, re.IGNORECASE)
         if found:
             key = found.group(1)
     if key is None:

@@ -15,6 +15,7 @@ from pixelkit import runs
 from pixelkit.cli import main
 from pixelkit.data import catalog
 from pixelkit.data.synth import synthesize
+from pixelkit.optional import available
 from pixelkit.training import cli_main, config_files, packaged_configs
 
 
@@ -55,8 +56,10 @@ def test_resolve_run_applies_each_setting_once(tmp_path: Path, world: Path) -> N
                if cb["init_args"].get("dirpath"))
     # the default: the config's W&B logger, named after the run, in the study's group
     with_wandb = runs.resolve_run("trace", out=tmp_path, data_root=world, wandb_group="g")
-    (wb,) = [lg for lg in with_wandb.config["trainer"]["logger"] if "Wandb" in lg["class_path"]]
-    assert wb["init_args"]["group"] == "g" and wb["init_args"]["name"] == "trace"
+    if available("wandb"):  # (the core-only job has no W&B logger to keep)
+        (wb,) = [lg for lg in with_wandb.config["trainer"]["logger"]
+                 if "Wandb" in lg["class_path"]]
+        assert wb["init_args"]["group"] == "g" and wb["init_args"]["name"] == "trace"
     # init_from: previous -> the caption stage's last checkpoint under <out>/runs
     assert with_wandb.config["model"]["init_args"]["init_from"] == str(
         tmp_path.resolve() / "runs" / "caption" / "checkpoints" / "last.ckpt")
@@ -195,10 +198,12 @@ def test_a_study_changes_what_it_says(tmp_path: Path, world: Path,
     table = study.table(["val/trace/l1"])
     assert [r["value"] for r in table] == [0.5, 8.0] and table[0]["val/trace/l1 std"] >= 0
     assert (tmp_path / "summary.md").read_text().count("±") >= 2
-    assert Image.open(tmp_path / "summary.png").size[0] > 500
-    groups = {yaml.safe_load(r.config.read_text())["trainer"]["logger"][0]["init_args"]["group"]
-              for _, _, r in study.runs}
-    assert groups == {"trace-point_weight"}  # one W&B group for the study's runs
+    if available("matplotlib"):  # the plots extra
+        assert Image.open(tmp_path / "summary.png").size[0] > 500
+    loggers = [lg for _, _, r in study.runs for lg in r.resolved()["trainer"]["logger"]]
+    groups = {lg["init_args"]["group"] for lg in loggers if "Wandb" in lg["class_path"]}
+    if available("wandb"):  # (the core-only job has no W&B: its runs log to CSV alone)
+        assert groups == {"trace-point_weight"}  # one W&B group for the study's runs
 
 
 def test_a_study_that_would_not_change_stops_before_training(tmp_path: Path,
