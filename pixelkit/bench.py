@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from pixelkit.files import atomic_write_text
 from pixelkit.runtime import keeps_freed_memory
 
 BenchFn = Callable[[argparse.Namespace], dict[str, float]]
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     }
     out = Path(getattr(args, "out", "bench.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n")
+    atomic_write_text(out, json.dumps(payload, indent=2, allow_nan=True) + "\n")
     print(f"wrote {out}")
     return 1 if failed else 0
 
@@ -496,6 +497,16 @@ def model_bench(reps: int = 21, tokens: int = 32, prompts: int = 32, train_batch
     out["train_trace_step_ms"] = _ms(t["trace"])
     out["trace_train_step_overhead"] = paired_ratio(t["trace"], t["caption"]) - 1
     return out
+
+
+@register("checkpoint")
+def bench_checkpoint(args: argparse.Namespace) -> dict[str, float]:
+    """Checkpoint size without the frozen pretrained weights (the sources and fingerprints
+    stand for them), counted on the meta device for the ``base`` and ``paper`` presets."""
+    from pixelkit.checkpoint import checkpoint_sizes
+
+    return {f"{preset}_{k}": v for preset in ("base", "paper")
+            for k, v in checkpoint_sizes(preset).items()}
 
 
 @register("model")

@@ -10,10 +10,12 @@ a checkpoint can hold tensors and plain containers only, never code.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
 import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from pixelkit.config import PixelLLMConfig
 from pixelkit.files import atomic_save
-from pixelkit.modeling.pixel_llm import PixelLLM
+from pixelkit.modeling.pixel_llm import PixelLLM, pretrained_frozen_parts
 
 META_KEY = "pixelkit"
 
@@ -116,15 +118,126 @@ def model_state(model: PixelLLM) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
+def fingerprint(state: Mapping[str, torch.Tensor], keys: Sequence[str]) -> str:
+    """A SHA-256 of tensors: their names, dtypes, shapes and every byte."""
+    digest = hashlib.sha256()
+    for key in sorted(keys):
+        t = state[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
+        digest.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+def frozen_record(model: PixelLLM) -> dict[str, dict[str, Any]]:
+    """What a checkpoint keeps instead of the frozen pretrained weights.
+
+    Per :meth:`PixelLLM.pretrained_frozen` part: its ``source`` (hub id or local path),
+    ``kind``, the number of its keys and a ``fingerprint`` of its weights. The fingerprint
+    is computed once per model (the weights are frozen: they do not change in training).
+    """
+    frozen = model.frozen_keys()
+    # Hashing is the cost (about 1 s per GB): cache it, keyed by what is frozen, since a
+    # stage's ``trainable`` patterns may unfreeze part of a pretrained part after loading.
+    key = tuple((part, tuple(keys)) for part, keys in frozen.items())
+    cached = getattr(model, "_frozen_record", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    state = model.state_dict()
+    parts = model.pretrained_frozen()
+    record = {part: {"source": parts[part]["source"], "kind": parts[part]["kind"],
+                     "num_keys": len(keys), "fingerprint": fingerprint(state, keys)}
+              for part, keys in frozen.items()}
+    model._frozen_record = (key, record)
+    return record
+
+
+def slim_state(model: PixelLLM, state: Mapping[str, torch.Tensor] | None = None,
+               prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+    """The state dict without the frozen pretrained weights, and what stands for them.
+
+    Args:
+        model: the model.
+        state: a state dict to thin (default: the model's own); its keys carry ``prefix``
+            (``"model."`` in a Lightning checkpoint of a stage).
+        prefix: the model's key prefix in ``state``.
+
+    Returns:
+        ``(state without the frozen keys, frozen_record(model))``.
+    """
+    record = frozen_record(model)
+    if state is None:
+        state = model_state(model)
+    drop = {prefix + k for keys in model.frozen_keys().values() for k in keys}
+    return {k: v for k, v in state.items() if k not in drop}, record
+
+
+def restore_frozen(model: PixelLLM, state: dict[str, torch.Tensor],
+                   record: Mapping[str, Mapping[str, Any]], where: str,
+                   prefix: str = "") -> dict[str, torch.Tensor]:
+    """Put the model's own frozen weights (rebuilt from their sources) into ``state``,
+    after checking they are the ones the checkpoint was trained with.
+
+    Raises:
+        CheckpointError: a part the checkpoint left out that this model does not rebuild
+            from a source, or whose weights differ from the recorded fingerprint.
+    """
+    if not record:
+        return state
+    current = frozen_record(model)
+    keys = model.frozen_keys()
+    own = model.state_dict()
+    for part, saved in record.items():
+        if part not in current:
+            raise CheckpointError(f"{where}: it left out the frozen weights of {part} "
+                                  f"(from {saved['source']}), and this model does not load "
+                                  "them from a pretrained source")
+        if current[part]["fingerprint"] != saved["fingerprint"]:
+            raise CheckpointError(
+                f"{where}: the frozen weights of {part} loaded from {current[part]['source']} "
+                f"differ from those it was trained with (from {saved['source']}; fingerprint "
+                f"{current[part]['fingerprint'][:12]} != {saved['fingerprint'][:12]}): load "
+                "the same weights (hub revision or local copy) it was trained with")
+        for k in keys[part]:
+            state[prefix + k] = own[k]
+    return state
+
+
+def checkpoint_sizes(config: PixelLLMConfig | str) -> dict[str, float]:
+    """A slim checkpoint's weight bytes against the full state dict's, counted on the meta
+    device (nothing is downloaded or allocated): ``pixelkit bench --only checkpoint``.
+
+    Returns:
+        ``{"full_gb", "slim_gb", "ratio"}``: the state dict's size, the size without the
+        frozen pretrained parts (:func:`slim_state`), and the second over the first.
+    """
+    import warnings
+
+    if isinstance(config, str):
+        config = PixelLLMConfig.from_name(config)
+    parts = pretrained_frozen_parts(config)
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        model = PixelLLM(config.without_pretrained())  # the same trainable pattern
+    state = model.state_dict()
+    full = sum(t.numel() * t.element_size() for t in state.values())
+    left_out = sum(state[k].numel() * state[k].element_size()
+                   for keys in model.frozen_keys(parts).values() for k in keys)
+    return {"full_gb": full / 1e9, "slim_gb": (full - left_out) / 1e9,
+            "ratio": (full - left_out) / full}
+
+
 def checkpoint_meta(model: PixelLLM, **info: Any) -> dict[str, Any]:
-    """The ``pixelkit`` entry: the resolved config plus plain-valued ``info``."""
-    return {"config": model.config.to_dict(), **info}
+    """The ``pixelkit`` entry: the resolved config, the frozen parts the checkpoint leaves out
+    (:func:`frozen_record`) and plain-valued ``info``."""
+    return {"config": model.config.to_dict(), "frozen": frozen_record(model), **info}
 
 
 def save_model(model: PixelLLM, path: str | Path, **info: Any) -> Path:
     """Write a slim checkpoint (weights + config + ``info``: stage, data, metrics...),
-    atomically (:func:`pixelkit.files.atomic_save`)."""
-    ckpt = {"state_dict": model_state(model), META_KEY: checkpoint_meta(model, **info)}
+    atomically (:func:`pixelkit.files.atomic_save`). Frozen pretrained weights are left out
+    (:func:`slim_state`): loading rebuilds them from their source."""
+    state, _ = slim_state(model)
+    ckpt = {"state_dict": state, META_KEY: checkpoint_meta(model, **info)}
     return atomic_save(lambda f: torch.save(ckpt, f), path)
 
 
@@ -146,22 +259,31 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"
                ) -> tuple[PixelLLM, dict[str, Any]]:
     """Rebuild the model of a checkpoint and load its weights.
 
-    The architecture comes from the stored config with every ``pretrained`` flag off: the
-    checkpoint has all weights, so nothing is downloaded.
+    The architecture comes from the stored config with every ``pretrained`` flag off, except
+    for the frozen pretrained parts the checkpoint left out (:func:`save_model`), which load
+    from their sources (hub or local path) and must match their fingerprints.
 
     Returns:
         (model in eval mode on ``device``, the ``pixelkit`` meta dict).
     """
     ckpt = read_checkpoint(path)
     meta = ckpt[META_KEY]
+    frozen = meta.get("frozen") or {}
     try:
-        config = PixelLLMConfig.from_dict(meta["config"]).without_pretrained()
+        # Every weight comes from the checkpoint, except the frozen pretrained parts it
+        # left out: those load from their sources (and are checked below).
+        config = PixelLLMConfig.from_dict(meta["config"]).without_pretrained(keep=frozen)
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: its stored model config is not valid ({err})") from None
-    model = PixelLLM(config)
+    try:
+        model = PixelLLM(config)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: the frozen parts it left out ({', '.join(frozen)}) "
+                              f"could not be loaded from their sources: {err}") from None
     state = ckpt["state_dict"]
     if any(k.startswith("model.") for k in state):  # a Lightning checkpoint of a stage
         state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    state = restore_frozen(model, dict(state), frozen, str(path))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

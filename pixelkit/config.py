@@ -25,7 +25,7 @@ import dataclasses
 import difflib
 import math
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -432,13 +432,23 @@ class PixelLLMConfig:
         """A nested dict of plain values (YAML/JSON-safe)."""
         return dataclasses.asdict(self)
 
-    def without_pretrained(self) -> PixelLLMConfig:
+    def without_pretrained(self, keep: Iterable[str] = ()) -> PixelLLMConfig:
         """A copy that builds the same architecture with random weights (no loading):
-        used to count or inspect a model with no network, e.g. on the meta device."""
+        used to count or inspect a model with no network, e.g. on the meta device, and to
+        rebuild a model whose checkpoint holds all of its weights.
+
+        Args:
+            keep: parts that still load their pretrained weights
+                (:meth:`PixelLLM.pretrained_frozen` names: ``image_encoder.backbones.0``,
+                ``language_model``): the frozen parts a checkpoint left out.
+        """
+        keep = set(keep)
         data = self.to_dict()
-        for b in data["image_encoder"]["backbones"]:
-            b["pretrained"], b["weights"] = False, None
-        data["language_model"]["pretrained"] = False
+        for i, b in enumerate(data["image_encoder"]["backbones"]):
+            if f"image_encoder.backbones.{i}" not in keep:
+                b["pretrained"], b["weights"] = False, None
+        if "language_model" not in keep:
+            data["language_model"]["pretrained"] = False
         return PixelLLMConfig.from_dict(data)
 
 

@@ -71,10 +71,9 @@ def evaluate_final(out: Path, last_ckpt: Path, stages: dict[str, Any],
         (flat metrics dict with keys like ``refer.p_at_0.5``, the checkpoint path).
     """
     from pixelkit.checkpoint import load_model, save_model
+    from pixelkit.data import catalog
     from pixelkit.evaluate import evaluate, load_samples
     from pixelkit.predictor import Predictor
-
-    from pixelkit.data import catalog
 
     data = out / "data"
     model, meta = load_model(last_ckpt)

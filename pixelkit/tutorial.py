@@ -360,9 +360,8 @@ def trace_snapshots(checkpoints: Any, images: Sequence[Any],
         A PIL image: rows = checkpoints, columns = images.
     """
     from pixelkit.predictor import Predictor
-    from pixelkit.viz import draw_trace, image_grid
-
     from pixelkit.runs import StageRun
+    from pixelkit.viz import draw_trace, image_grid
 
     if isinstance(checkpoints, StageRun):
         run = checkpoints

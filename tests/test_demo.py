@@ -25,9 +25,9 @@ import torch
 from _servers import free_port, start, stop, wait_until_serving
 from PIL import Image
 
-from pixelkit.data import catalog
 from pixelkit import PixelLLM, PixelLLMConfig, Predictor
 from pixelkit.checkpoint import save_model
+from pixelkit.data import catalog
 from pixelkit.decoding import DecodeOptions
 from pixelkit.demo import app
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pixelkit.data import catalog
 from pixelkit import PixelLLM, PixelLLMConfig, Predictor
 from pixelkit.checkpoint import save_model
 from pixelkit.cli import main
+from pixelkit.data import catalog
 from pixelkit.data.synth import synthesize
 from pixelkit.decoding import DecodeOptions
 from pixelkit.eval import densecap_map

@@ -6,6 +6,7 @@ Shapes are stated in each test; B = prompts, L = target length, V = vocabulary.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 
 import pytest
@@ -108,6 +109,20 @@ def test_timm_encoder_grid_and_backward() -> None:
     assert f.shape == (2, 96, 8, 8)  # (B, C, 64/8, 64/8): test_resnet at output stride 8
     f.mean().backward()
     assert all(p.grad is not None for p in enc.parameters())  # no unused head/norm
+
+
+def test_frozen_batchnorm_backbone_keeps_its_statistics() -> None:
+    """A new frozen backbone is in eval mode from the start: its BatchNorm running statistics
+    are the source's, not drifted by the batches of a training run (Lightning does not call
+    .train() at fit start, and a new module is in train mode)."""
+    cfg = PixelLLMConfig.from_name("tiny").image_encoder
+    cfg = ImageEncoderConfig(backbones=[dataclasses.replace(cfg.backbones[0], frozen=True)])
+    enc = ImageEncoder(cfg, S)
+    assert not enc.backbones[0].training
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    enc(torch.rand(2, 3, S, S))
+    assert any("running_mean" in k for k in before)
+    assert all(torch.equal(v, enc.state_dict()[k]) for k, v in before.items())
 
 
 def test_two_backbones_resized_and_concatenated(tiny_sam_vision: dict) -> None:

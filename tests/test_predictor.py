@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tokenizers import Tokenizer
 
 from pixelkit import PixelLLM, PixelLLMConfig, Predictor
 from pixelkit.checkpoint import save_model
@@ -177,7 +178,7 @@ def test_words_take_their_last_alphanumeric_token() -> None:
     assert group_words(tok, []) == ("", [], [])
 
 
-def _metaspace_tokenizer(texts: list[str]) -> Any:
+def _metaspace_tokenizer(texts: list[str]) -> Tokenizer:
     """A SentencePiece-style BPE (Metaspace "▁" pieces, as T5's tokenizer) trained on texts."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

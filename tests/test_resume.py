@@ -21,11 +21,9 @@ from typing import Any
 import _fitrunner
 import pytest
 import torch
-import yaml
 
 from pixelkit.checkpoint import checkpoint_problem
 from pixelkit.data.synth import synthesize
-from pixelkit.training import resolve_config
 
 MAX_STEPS, VAL_EVERY = 12, 3
 

@@ -19,14 +19,19 @@ import numpy as np
 import pytest
 import torch
 
-from pixelkit.data import catalog
 from pixelkit import PixelLLM, PixelLLMConfig, Predictor
 from pixelkit.checkpoint import CheckpointError, load_model, read_checkpoint, save_model
 from pixelkit.cli import main
+from pixelkit.data import catalog
 from pixelkit.data.datamodule import MixtureSampler, ResumableDataLoader, TaskBatchSampler
 from pixelkit.data.synth import synthesize
 from pixelkit.decoding import DecodeOptions
-from pixelkit.files import atomic_write, atomic_write_text, check_writable_file, remove_partial_files
+from pixelkit.files import (
+    atomic_write,
+    atomic_write_text,
+    check_writable_file,
+    remove_partial_files,
+)
 from pixelkit.loggers import ResumableExperimentWriter
 
 

@@ -13,7 +13,13 @@ import torch
 
 from pixelkit.data.datamodule import PixelDataModule, shapes_sources
 from pixelkit.data.synth import synthesize
-from pixelkit.stages import (STAGES, CaptionPretraining, DenseCaptioning, ReferringTraining, TraceTraining)
+from pixelkit.stages import (
+    STAGES,
+    CaptionPretraining,
+    DenseCaptioning,
+    ReferringTraining,
+    TraceTraining,
+)
 from pixelkit.training import packaged_configs, resolve_config
 
 STAGE_TASKS = {"caption": ["caption", "loca_caption"], "trace": ["trace", "caption"],

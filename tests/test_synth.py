@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelkit.data import catalog
-from pixelkit.data import synth
+from pixelkit.data import catalog, synth
 
 SPLITS = ("train", "val")
 PALETTE = {

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pixelkit.data import catalog
 from pixelkit import tutorial as tut
 from pixelkit import viz
 from pixelkit.config import PixelLLMConfig
+from pixelkit.data import catalog
 from pixelkit.modeling.pixel_llm import PixelLLM
 from pixelkit.modeling.tokenizer import shapes_tokenizer
 from pixelkit.predictor import Predictor

@@ -56,7 +56,11 @@ class Backbone(nn.Module, abc.ABC):
             return self.features(x)
 
     def train(self, mode: bool = True) -> Backbone:
-        # Frozen backbones stay in eval mode (dropout / drop-path off).
+        # Frozen backbones stay in eval mode: dropout / drop-path off, and BatchNorm running
+        # statistics fixed (in train mode they would drift with every batch although no
+        # weight trains, and the pretrained weights would no longer be the source's). A new
+        # module is in train mode and Lightning does not call .train() at fit start, so
+        # each subclass calls it at the end of __init__.
         return super().train(mode and not self.frozen)
 
 
@@ -85,6 +89,7 @@ class TimmBackbone(Backbone):
         self.image_size = cfg.image_size or image_size
         self.out_channels = int(model.feature_info[-1]["num_chs"]) if hasattr(
             model, "feature_info") else int(model.num_features)
+        self.train()  # a frozen one starts in eval mode (see Backbone.train)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         (feat,) = self.model.forward_intermediates(
@@ -121,6 +126,7 @@ class SamBackbone(Backbone):
         self.encoder = encoder
         self.frozen = cfg.frozen
         self.out_channels = int(encoder.config.output_channels)
+        self.train()  # a frozen one starts in eval mode (see Backbone.train)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(pixel_values=x).last_hidden_state

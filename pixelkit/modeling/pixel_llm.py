@@ -20,6 +20,7 @@ label is EOS (see :mod:`pixelkit.modeling.language_model`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,6 +56,30 @@ class PixelLLMOutput:
     proposals: list[dict[str, torch.Tensor]] | None = None
 
 
+def pretrained_frozen_parts(config: PixelLLMConfig) -> dict[str, dict[str, Any]]:
+    """The parts of a model whose weights come, frozen, from a pretrained source.
+
+    A checkpoint need not carry them: they are rebuilt from the source (a hub id or a local
+    path) and checked against a fingerprint (:mod:`pixelkit.checkpoint`). For the ``paper``
+    preset these are SAM ViT-H and the base Flan-T5-XL (about 85 % of the weights); their
+    LoRA adapters and everything trainable stay in the checkpoint.
+
+    Returns:
+        part name -> ``prefix`` (of its state-dict keys), ``source`` and ``kind``.
+    """
+    parts: dict[str, dict[str, Any]] = {}
+    for i, b in enumerate(config.image_encoder.backbones):
+        if b.frozen and (b.pretrained or b.weights):
+            parts[f"image_encoder.backbones.{i}"] = {
+                "prefix": f"image_encoder.backbones.{i}.", "source": b.weights or b.name,
+                "kind": b.kind}
+    lm = config.language_model
+    if lm.pretrained and lm.freeze_base:
+        parts["language_model"] = {"prefix": "language_model.model.", "source": lm.name,
+                                   "kind": "transformers"}
+    return parts
+
+
 class PixelLLM(nn.Module):
     """The Pixel-Aligned Language Model.
 
@@ -80,6 +105,29 @@ class PixelLLM(nn.Module):
                 backbone.requires_grad_(False)
         if config.frozen:
             set_trainable(self, frozen=config.frozen)
+
+    # ----------------------------------------------------------------- size and sources
+    def num_params(self, trainable_only: bool = False) -> int:
+        """Parameters of the model (only those that train, with ``trainable_only``)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def pretrained_frozen(self) -> dict[str, dict[str, Any]]:
+        """The parts whose weights come, frozen, from a pretrained source
+        (:func:`pretrained_frozen_parts` of the model's config)."""
+        return pretrained_frozen_parts(self.config)
+
+    def frozen_keys(self, parts: dict[str, dict[str, Any]] | None = None) -> dict[str, list[str]]:
+        """State-dict keys of each frozen pretrained part that do not train (its frozen
+        parameters and buffers; LoRA adapters and other trainable weights left out).
+
+        Args:
+            parts: the parts (default :meth:`pretrained_frozen`).
+        """
+        trains = {n for n, p in self.named_parameters() if p.requires_grad}
+        keys = list(self.state_dict().keys())
+        parts = self.pretrained_frozen() if parts is None else parts
+        return {part: [k for k in keys if k.startswith(info["prefix"]) and k not in trains]
+                for part, info in parts.items()}
 
     # ----------------------------------------------------------------- pieces
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:

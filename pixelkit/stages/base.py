@@ -25,7 +25,13 @@ import lightning as L
 import torch
 from torchvision.ops import box_iou
 
-from pixelkit.checkpoint import META_KEY, checkpoint_meta, read_checkpoint
+from pixelkit.checkpoint import (
+    META_KEY,
+    checkpoint_meta,
+    read_checkpoint,
+    restore_frozen,
+    slim_state,
+)
 from pixelkit.config import ModelOverrides, PixelLLMConfig, overrides_dict
 from pixelkit.data.encoding import IGNORE_INDEX, MODEL_KEYS, TASK_IDS
 from pixelkit.eval import refer_accuracy, trace_l1
@@ -104,10 +110,14 @@ class PixelLLMStage(L.LightningModule):
 
     # ------------------------------------------------------------------ weights
     def load_weights(self, path: str) -> None:
-        """Start from another stage's checkpoint: every shared weight is copied exactly."""
-        state = read_checkpoint(path)["state_dict"]
+        """Start from another stage's checkpoint: every shared weight is copied exactly (the
+        frozen pretrained parts it left out come from their sources, checked by fingerprint)."""
+        ckpt = read_checkpoint(path)
+        state = ckpt["state_dict"]
         if any(k.startswith("model.") for k in state):
             state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        state = restore_frozen(self.model, dict(state), ckpt[META_KEY].get("frozen") or {},
+                               f"init_from {path}")
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"init_from {path}: architecture differs from this stage's model "
@@ -116,10 +126,21 @@ class PixelLLMStage(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         sources = [f"{s.task}:{s.ann}" for s in getattr(dm, "train_sources", [])]
+        # The frozen pretrained weights stay out of every checkpoint (a paper-preset one
+        # would carry 14 GB of Flan-T5-XL and SAM ViT-H at each save); their sources and
+        # fingerprints stand for them.
+        checkpoint["state_dict"], _ = slim_state(self.model, checkpoint["state_dict"], "model.")
         checkpoint[META_KEY] = checkpoint_meta(self.model, stage=self.stage_name,
                                                trained_on=sources)
         if self.trainer.is_global_zero:  # what a resume needs to continue the logs
             checkpoint[RUN_STATE_KEY] = run_state(self.trainer.loggers)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A resume: the frozen parts the checkpoint left out are this model's own, rebuilt
+        # from their sources; put them back (after the fingerprint check) for the strict load.
+        restore_frozen(self.model, checkpoint["state_dict"],
+                       (checkpoint.get(META_KEY) or {}).get("frozen") or {}, "the checkpoint",
+                       prefix="model.")
 
     def on_fit_start(self) -> None:
         if self.global_rank == 0:

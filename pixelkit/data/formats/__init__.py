@@ -41,8 +41,8 @@ from pixelkit.data.formats._common import (
     TruncatedImageError,
     ZeroAreaBoxError,
     decode_image,
-    load_rgb,
     load_json,
+    load_rgb,
     to_loca_caption,
 )
 from pixelkit.data.formats.coco import (
