@@ -703,19 +703,25 @@ def agreement_table(checkpoints: Mapping[str, Any], data_root: Path,
 
 
 def lens_table(checkpoints: Mapping[str, Any], data_root: Path, limit: int = 50) -> Any:
-    """:func:`pixelkit.analysis.lens_share` per checkpoint: layers as rows, one column per
-    checkpoint (the share of in-object cells whose top word is the object's colour or
-    shape), plus each checkpoint's share of attribute words on background cells."""
+    """:func:`pixelkit.analysis.lens_share` per checkpoint, as a DataFrame: one row per layer
+    (0: the LM's input), columns ``(checkpoint, measure)`` with the measures
+
+    * ``colour or shape``: in-object cells whose top word is the object's colour or shape;
+    * ``location``: in-object cells whose top word is one of the object's location words;
+    * ``background colour/shape``: background cells whose top word is a colour or shape
+      word (how often the lens says one where there is nothing).
+    """
     pd = require("pandas", "tutorial tables")
     from pixelkit.analysis import lens_share
     from pixelkit.predictor import Predictor
 
-    columns: dict[str, list[float]] = {}
+    columns: dict[tuple[str, str], list[float]] = {}
     for name, ckpt in checkpoints.items():
         p = ckpt if isinstance(ckpt, Predictor) else Predictor.from_checkpoint(ckpt)
         share = lens_share(p, data_root, limit=limit)
-        columns[name] = share.match
-        columns[f"{name} (background: any colour/shape word)"] = share.background_attribute
+        columns[(name, "colour or shape")] = share.match
+        columns[(name, "location")] = share.location
+        columns[(name, "background colour/shape")] = share.background_attribute
     table = pd.DataFrame(columns)
     table.index.name = "layer"
     return table

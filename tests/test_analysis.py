@@ -352,7 +352,12 @@ def test_lens_share_on_a_tiny_world(tiny_world: Path) -> None:
     assert len(share.match) == 3  # the input and the encoder's 2 layers
     for m, c, s, a in zip(share.match, share.colour, share.shape, share.any_attribute):
         assert 0 <= c <= m <= min(a, c + s + 1e-9) and s <= m and a <= 1
+    assert all(0 <= v <= 1 for v in share.location)
     assert [r["layer"] for r in share.table()] == [0, 1, 2]
+    # Location words from the box centre, as the world's narratives say them (64 px side).
+    assert analysis.location_words((0, 0, 10, 10), (64, 64)) == {"left", "top"}
+    assert analysis.location_words((50, 27, 60, 37), (64, 64)) == {"right"}
+    assert analysis.location_words((27, 27, 37, 37), (64, 64)) == {"center"}
 
 
 def test_pictures(tiny_sam, tmp_path) -> None:

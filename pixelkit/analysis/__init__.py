@@ -48,6 +48,7 @@ from pixelkit.analysis.shapes import (
     ShapesSplit,
     agreement,
     lens_share,
+    location_words,
     object_word_indices,
     shapes_split,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "final_norm",
     "head_weights",
     "lens_share",
+    "location_words",
     "logit_lens",
     "object_word_indices",
     "rollout",

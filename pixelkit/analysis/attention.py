@@ -46,15 +46,18 @@ state comes from each prefix token, the rest coming from the decoder's own token
 
 **What it costs.** ``transformers`` returns attention weights only from its eager
 attention (``sdpa`` returns none and warns), so :func:`eager_attention` switches the LM to
-eager for the pass and back after it. Measured on this kit's 2-core CPU box (one thread,
-one teacher-forced pass of a 25-token narrative over an 82-position prefix, median of 30):
-the tiny preset takes 5.3 ms with sdpa and 6.1 ms eager with attentions (1.15 x); the
-``base`` preset's LM (Flan-T5-base shape, random weights, 32 queries) 96 ms and 120 ms
-(1.25 x). The weights themselves are ``layers x heads x queries x keys`` floats per row:
-for Flan-T5-base, 12 x 12 x (42 x 42 + 25 x 25 + 25 x 42) floats, 0.6 MB; a causal LM
-keeps ``(P + L)^2`` per head and layer. Decoding (:meth:`Predictor.caption`) is not
-affected: the maps come from one extra teacher-forced pass over the generated tokens,
-which gives the decode's own states (the same numbers up to float rounding).
+eager for the pass and back after it. ``pixelkit bench --only attention`` times one
+teacher-forced pass (whole-image prompt, 25-token target) with eager attention returning
+every weight against the usual sdpa pass, on one core, in 30 interleaved rounds. Two runs
+on this kit's 2-core CPU box: the tiny preset (81 prefix positions) 6.8 -> 7.3 ms and
+7.8 -> 8.3 ms, +7.8 % and +7.3 %; a Flan-T5-base shaped LM (tiny image side, 32 queries,
+97 positions, random weights) 394 ms either way (+0.2 %, -0.1 %: the feed-forward layers
+and the 32k-word head dominate, attention at this length is a small share). The returned
+weights are 0.3 MB (tiny) and 7.3 MB (Flan-T5-base: 12 layers x 12 heads x (97^2 encoder +
+26^2 decoder + 26 x 97 cross, the target with its EOS) float32); a causal LM keeps ``(P + L)^2`` per head and
+layer. Decoding (:meth:`Predictor.caption`) is not affected: the maps come from one extra
+teacher-forced pass over the generated tokens, which gives the decode's own states (the
+same words and points, up to float rounding).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
   where the LM looked. Chance levels come with it: the share of the image's grid cells (for
   a peak) and of its area (for a point) that a matching object covers.
 * :func:`lens_share`: for the logit lens, layer by layer, the share of grid cells inside an
-  object whose top word is that object's colour or shape.
+  object whose top word is that object's colour or shape (and, since the lens turned out
+  to read position more than colour, its location word).
 
 Objects (boxes, colour, shape, size) come from the world's instances file and texts from
 its caption / narrative files, all through :mod:`pixelkit.data.catalog`.
@@ -25,7 +26,7 @@ import numpy as np
 from pixelkit.eval.trace import COLOUR_WORDS, SHAPE_WORDS, normalize_word, pointing_hits
 
 __all__ = ["DEFAULT_METHODS", "TEXTS", "Agreement", "LensShare", "ShapesSplit", "agreement",
-           "lens_share", "object_word_indices", "shapes_split"]
+           "lens_share", "location_words", "object_word_indices", "shapes_split"]
 
 #: Where the words come from: the model's own narrative, or a ground-truth text
 #: teacher-forced (the same words for every checkpoint).
@@ -207,6 +208,9 @@ class LensShare:
             shape.
         colour: ... whose top word is the object's colour.
         shape: ... whose top word is the object's shape.
+        location: ... whose top word is one of the object's location words ("left",
+            "right", "top", "bottom", "center" from its box centre, as the world's
+            narratives say them).
         any_attribute: share of in-object cells whose top word is *some* colour or shape
             word (right or wrong object).
         background_attribute: the same share for cells outside every object.
@@ -218,6 +222,7 @@ class LensShare:
     match: list[float]
     colour: list[float]
     shape: list[float]
+    location: list[float]
     any_attribute: list[float]
     background_attribute: list[float]
     cells: int
@@ -227,11 +232,22 @@ class LensShare:
     def table(self) -> list[dict[str, float]]:
         """One row per layer (for a DataFrame)."""
         return [{"layer": layer, "object's colour or shape": m, "its colour": c,
-                 "its shape": s, "any colour/shape word (in objects)": a,
+                 "its shape": s, "its location word": loc,
+                 "any colour/shape word (in objects)": a,
                  "any colour/shape word (background)": b}
-                for layer, (m, c, s, a, b) in enumerate(zip(
-                    self.match, self.colour, self.shape, self.any_attribute,
+                for layer, (m, c, s, loc, a, b) in enumerate(zip(
+                    self.match, self.colour, self.shape, self.location, self.any_attribute,
                     self.background_attribute))]
+
+
+def location_words(box: Sequence[float], image_size: tuple[int, int]) -> set[str]:
+    """The location words of an object as the world's narratives say them ("left", "top",
+    "center", ...): :func:`pixelkit.data.synth.location_phrase` of its box, less "in", "on",
+    "at", "the"."""
+    from pixelkit.data.synth import location_phrase
+
+    phrase = location_phrase(box, max(image_size))
+    return set(phrase.split()) & {"left", "right", "top", "bottom", "center"}
 
 
 def lens_share(predictor: Any, data_root: str | Path, *, split: str = "val", limit: int = 50,
@@ -266,7 +282,7 @@ def lens_share(predictor: Any, data_root: str | Path, *, split: str = "val", lim
                               for layer in range(lens.num_layers + 1)])    # (L+1, rows, cols)
             if not counts:
                 counts = {k: np.zeros(len(words)) for k in
-                          ("match", "colour", "shape", "any", "background")}
+                          ("match", "colour", "shape", "location", "any", "background")}
             owner = np.full((rows, cols), -1)
             objects = world.objects[image_id]
             for k, (box, _) in enumerate(objects):
@@ -274,7 +290,7 @@ def lens_share(predictor: Any, data_root: str | Path, *, split: str = "val", lim
             is_attr = np.isin(words, list(attributes))
             counts["background"] += is_attr[:, owner < 0].sum(1)
             background += int((owner < 0).sum())
-            for k, (_, attrs) in enumerate(objects):
+            for k, (box, attrs) in enumerate(objects):
                 mine = owner == k
                 colour = next((a for a in attrs if a in COLOUR_WORDS), "")
                 shape = next((a for a in attrs if a in SHAPE_WORDS), "")
@@ -282,6 +298,7 @@ def lens_share(predictor: Any, data_root: str | Path, *, split: str = "val", lim
                 counts["colour"] += (w == colour).sum(1)
                 counts["shape"] += (w == shape).sum(1)
                 counts["match"] += ((w == colour) | (w == shape)).sum(1)
+                counts["location"] += np.isin(w, list(location_words(box, image.size))).sum(1)
                 counts["any"] += is_attr[:, mine].sum(1)
                 cells += int(mine.sum())
 
@@ -289,6 +306,7 @@ def lens_share(predictor: Any, data_root: str | Path, *, split: str = "val", lim
         return [float(v / n) if n else float("nan") for v in counts.get(key, [])]
 
     return LensShare(match=share("match", cells), colour=share("colour", cells),
-                     shape=share("shape", cells), any_attribute=share("any", cells),
+                     shape=share("shape", cells), location=share("location", cells),
+                     any_attribute=share("any", cells),
                      background_attribute=share("background", background), cells=cells,
                      background_cells=background, images=len(world.image_ids))
