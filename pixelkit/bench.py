@@ -21,6 +21,9 @@ Benches:
         head (``point_head_decode_overhead``), 32 box prompts in one batched call vs 32
         calls (``batched_prompts_speedup``), and a trace training step vs a caption-only one
         (``trace_train_step_overhead``); speed-ups as x, overheads as fractions.
+    attention: what attention maps per word cost (:func:`attention_bench`): a teacher-forced
+        pass with eager attention returning every weight against the usual sdpa pass, for
+        the tiny preset and a Flan-T5-base shaped LM.
 
 Run through the ``pixelkit`` command, the process keeps freed memory for reuse
 (:mod:`pixelkit.runtime`, recorded as ``meta.keep_freed_memory`` in the JSON);
@@ -521,3 +524,73 @@ def bench_model(args: argparse.Namespace) -> dict[str, float]:
         if quick:
             return model_bench(reps=2, tokens=8, prompts=4, train_batch=2)
         return model_bench()
+
+
+def attention_bench(reps: int = 30, tokens: int = 25, models: tuple[str, ...] = ("tiny", "t5-base"),
+                    seed: int = 0) -> dict[str, float]:
+    """What attention maps cost (:mod:`pixelkit.analysis`): a teacher-forced pass as usual
+    (sdpa attention, no weights returned) against :func:`pixelkit.analysis.attention_pass`
+    (eager attention, every weight returned, the extractor's query -> image weights too),
+    on one core, in interleaved rounds.
+
+    Models: ``tiny`` (the preset) and ``t5-base`` (the tiny image side with a Flan-T5-base
+    shaped LM, random weights, 32 queries: where the LM's attention dominates). One
+    whole-image trace prompt with a ``tokens``-token target.
+
+    Returns:
+        Per model ``<model>_forward_ms``, ``<model>_attention_ms``,
+        ``<model>_attention_overhead`` (ratio - 1) and ``<model>_attention_mb`` (the
+        returned weights, float32).
+    """
+    import torch
+
+    from pixelkit.analysis import attention_pass
+    from pixelkit.config import PixelLLMConfig
+    from pixelkit.data.encoding import make_row
+    from pixelkit.modeling.pixel_llm import PixelLLM
+    from pixelkit.predictor import Predictor
+
+    overrides = {"tiny": {}, "t5-base": {"language_model.name": "google/flan-t5-base",
+                                         "language_model.arch": {}, "extractor.num_queries": 32}}
+    out: dict[str, float] = {"reps": float(reps), "tokens": float(tokens)}
+    rng = np.random.default_rng(seed)
+    for name in models:
+        torch.manual_seed(seed)
+        model = PixelLLM(PixelLLMConfig.from_name("tiny", **overrides[name])).eval()
+        predictor = Predictor(model, device="cpu")
+        predictor.set_image(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        row = make_row(predictor.tokenizer, "trace", "",
+                       target_ids=[int(v) for v in rng.integers(3, 30, tokens)])
+        batch, feats, _ = predictor.collate_rows([predictor.image], [row])
+        keys = {k: batch[k] for k in ("image_index", "boxes", "prompt_ids", "prompt_mask",
+                                      "labels")}
+
+        def forward(model=model, feats=feats, keys=keys) -> None:
+            with torch.no_grad():
+                model(features=feats, **keys)
+
+        t = interleaved_times({"forward": forward,
+                               "attention": lambda m=model, f=feats, b=batch: attention_pass(m, f, b)},
+                              reps)
+        run = attention_pass(model, feats, batch)
+        weights = [*run.self_attentions, *(run.encoder_attentions or []),
+                   *(run.cross_attentions or [])]
+        out[f"{name}_forward_ms"] = _ms(t["forward"])
+        out[f"{name}_attention_ms"] = _ms(t["attention"])
+        out[f"{name}_attention_overhead"] = paired_ratio(t["attention"], t["forward"]) - 1
+        out[f"{name}_attention_mb"] = sum(w.numel() for w in weights) * 4 / 1e6
+        out[f"{name}_prefix_positions"] = float(run.prefix_mask.shape[1])
+    return out
+
+
+@register("attention")
+def bench_attention(args: argparse.Namespace) -> dict[str, float]:
+    """The cost of attention maps per word (eager attention, weights returned).
+
+    Full: 30 rounds, the tiny preset and a Flan-T5-base shaped LM. ``--quick``: 2 rounds,
+    the tiny preset only.
+    """
+    with single_core():
+        if getattr(args, "quick", False):
+            return attention_bench(reps=2, models=("tiny",))
+        return attention_bench()

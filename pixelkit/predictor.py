@@ -75,6 +75,7 @@ __all__ = [
     "Predictor",
     "ReferResult",
     "SegmentResult",
+    "caption_result",
     "group_words",
     "load_image",
     "mask_to_rle",
@@ -402,6 +403,26 @@ def _window_token_texts(tokenizer: Any, ids: list[int], window: int = 8) -> list
     return out
 
 
+def caption_result(tokenizer: Any, ids: Sequence[int], token_points: Any,
+                   size: tuple[int, int]) -> CaptionResult:
+    """Generated tokens and their point-head outputs as a :class:`CaptionResult`.
+
+    Args:
+        tokenizer: the LM's tokenizer.
+        ids: the generated ids, EOS excluded (n of them).
+        token_points: ``(n, 4)`` the location of each token (model frame): the output of
+            the state whose input is that token (see :mod:`pixelkit.decoding`).
+        size: ``(W, H)`` of the original image.
+    """
+    text, words, locating = group_words(tokenizer, ids)
+    if not words:
+        return CaptionResult(text=text, words=[], points=[], boxes=[])
+    boxes = point_head_boxes(token_points[locating], size)                   # (n_words, 4)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    return CaptionResult(text=text, words=words, points=[tuple(p) for p in centres.tolist()],
+                         boxes=[tuple(b) for b in boxes.tolist()])
+
+
 def _ordered(points4: np.ndarray) -> np.ndarray:
     """(N, 4) two points -> (N, 4) ``(min x, min y, max x, max y)`` boxes."""
     p = np.asarray(points4, np.float64).reshape(-1, 4)
@@ -619,7 +640,28 @@ class Predictor:
         """
         self._require_sam("mask_from_box()")
         image = self.image if image is None else image
-        return _sam_mask(self.sam, image.image, np.asarray(box, np.float64), self.device)
+        return _sam_mask(self.sam, image.image, self.device, box_px=np.asarray(box, np.float64))
+
+    @torch.no_grad()
+    def mask_from_points(self, points: Sequence[Sequence[float]],
+                         labels: Sequence[int] | None = None,
+                         image: EncodedImage | None = None) -> np.ndarray:
+        """SAM's mask for point prompts: positive points on the object, negative ones off it
+        (attention as prompts: :func:`pixelkit.analysis.attention_prompts`).
+
+        Args:
+            points: ``[(x, y), ...]`` pixels of the image.
+            labels: per point 1 (positive) or 0 (negative); default all positive.
+            image: an encoded image (default: the one of :meth:`set_image`).
+
+        Returns:
+            ``(H, W)`` bool mask of the original image's size.
+        """
+        self._require_sam("mask_from_points()")
+        image = self.image if image is None else image
+        pts = _check_points(points, image.size)
+        return _sam_mask(self.sam, image.image, self.device, points_px=pts,
+                         labels=_check_labels(labels, len(pts)))
 
     def _require_sam(self, what: str) -> None:
         if self.sam is None:
@@ -854,15 +896,7 @@ class Predictor:
 
     def _caption_result(self, gen: Generation, r: int, size: tuple[int, int]) -> CaptionResult:
         n = int(gen.lengths[r])
-        ids = gen.tokens[r, :n].tolist()
-        text, words, locating = group_words(self.tokenizer, ids)
-        if not words:
-            return CaptionResult(text=text, words=[], points=[], boxes=[])
-        boxes = point_head_boxes(gen.points[r, locating], size)               # (n_words, 4)
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-        return CaptionResult(text=text, words=words,
-                             points=[tuple(p) for p in centres.tolist()],
-                             boxes=[tuple(b) for b in boxes.tolist()])
+        return caption_result(self.tokenizer, gen.tokens[r, :n].tolist(), gen.points[r, :n], size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -932,8 +966,11 @@ def _load_sam(sam: Any, device: torch.device) -> Any:
 
 
 @torch.no_grad()
-def _sam_mask(sam: Any, image: Image.Image, box_px: np.ndarray, device: torch.device) -> np.ndarray:
-    """SAM's mask for one pixel box on ``image``: ``(H, W)`` bool."""
+def _sam_mask(sam: Any, image: Image.Image, device: torch.device, *,
+              box_px: np.ndarray | None = None, points_px: np.ndarray | None = None,
+              labels: np.ndarray | None = None) -> np.ndarray:
+    """SAM's mask on ``image`` for one pixel box or for points ``(N, 2)`` with labels
+    ``(N,)`` (1 positive, 0 negative): ``(H, W)`` bool."""
     W, H = image.size
     T = int(sam.config.vision_config.image_size)
     scale = T / max(W, H)
@@ -942,10 +979,17 @@ def _sam_mask(sam: Any, image: Image.Image, box_px: np.ndarray, device: torch.de
     arr = (arr - _SAM_MEAN) / _SAM_STD
     pixels = torch.zeros(1, 3, T, T)
     pixels[0, :, :nh, :nw] = torch.from_numpy(arr).permute(2, 0, 1)
-    box = torch.tensor(box_px * [nw / W, nh / H, nw / W, nh / H], dtype=torch.float32)
     dtype = next(sam.parameters()).dtype
-    out = sam(pixel_values=pixels.to(device, dtype), input_boxes=box.view(1, 1, 4).to(device, dtype),
-              multimask_output=False)
+    prompt: dict[str, torch.Tensor] = {}
+    if box_px is not None:  # prompts go in SAM's resized frame, as SamProcessor puts them
+        box = torch.tensor(box_px * [nw / W, nh / H, nw / W, nh / H], dtype=torch.float32)
+        prompt["input_boxes"] = box.view(1, 1, 4).to(device, dtype)
+    if points_px is not None:
+        pts = torch.tensor(np.asarray(points_px, np.float64) * [nw / W, nh / H], dtype=torch.float32)
+        prompt["input_points"] = pts.view(1, 1, -1, 2).to(device, dtype)
+        prompt["input_labels"] = torch.as_tensor(np.asarray(labels), dtype=torch.long,
+                                                 device=device).view(1, 1, -1)
+    out = sam(pixel_values=pixels.to(device, dtype), multimask_output=False, **prompt)
     low = out.pred_masks[0, :, :1].float()                                    # (1, 1, h, w)
     up = F.interpolate(low, size=(T, T), mode="bilinear", align_corners=False)[..., :nh, :nw]
     full = F.interpolate(up, size=(H, W), mode="bilinear", align_corners=False)[0, 0]

@@ -21,7 +21,11 @@ with :mod:`pixelkit.runs` (``run_stage``, ``run_chain``, ``run_study``: the same
 * **studies**: :func:`study_table` (a :class:`pixelkit.runs.Study` as a DataFrame),
   :func:`wandb_offline_runs`;
 * **models**: :func:`gpu_fit_table` (:func:`pixelkit.modeling.summary.memory_estimate`
-  per GPU).
+  per GPU);
+* **where the model looks** (notebook 09): :func:`grounding_checkpoints` (checkpoints that
+  differ in location supervision only), :func:`agreement_table` and :func:`lens_table`
+  (:mod:`pixelkit.analysis.shapes` over several checkpoints), :func:`random_tiny_sam` (a
+  stand-in SAM where no real weights are at hand).
 
 Paths of outputs are never inside the source tree: ``outputs/`` is git-ignored.
 """
@@ -42,17 +46,22 @@ from pixelkit.optional import require
 
 __all__ = [
     "GPUS",
+    "REFER_WITHOUT_TRACE",
     "AlignedWords",
     "ProposalSteps",
     "ShapesImage",
     "abridged",
+    "agreement_table",
     "aligned_words",
     "fixtures_dir",
     "gpu_fit_table",
+    "grounding_checkpoints",
+    "lens_table",
     "nms_example",
     "output_dir",
     "proposal_steps",
     "quickstart_checkpoint",
+    "random_tiny_sam",
     "refer_gallery",
     "repo_root",
     "shapes_images",
@@ -590,3 +599,148 @@ def gpu_fit_table(configs: Mapping[str, Any], precision: str = "bf16-mixed",
             row[g] = round(mem - m["total_gib"], 1)
         rows.append(row)
     return pd.DataFrame(rows).set_index("model")
+
+
+# --------------------------------------------------------------------------------------------
+# Where the model looks (notebook 09)
+# --------------------------------------------------------------------------------------------
+
+
+def _refer_without_trace() -> list[dict[str, Any]]:
+    """The packaged refer stage's training sources less its narrative (trace) replay."""
+    import yaml
+
+    from pixelkit.training import CONFIG_DIR
+
+    train = yaml.safe_load((CONFIG_DIR / "refer.yaml").read_text())["data"]["train"]
+    return [dict(src) for src in train if src["task"] != "trace"]
+
+
+#: The refer stage's data in :func:`grounding_checkpoints`: refer.yaml's, without its
+#: replay of narratives (which would be trace training in the arm that must have none).
+REFER_WITHOUT_TRACE: list[dict[str, Any]] = _refer_without_trace()
+
+
+def grounding_checkpoints(out: Path, *, data_root: Path, steps: Mapping[str, int],
+                          **settings: Any) -> dict[str, Path]:
+    """Three checkpoints that differ in their location supervision only.
+
+    * **caption only**: the caption stage (no location target at all: the point head is
+      untrained);
+    * **caption → refer**: then the refer stage (a box at EOS: sentence-level location);
+    * **caption → trace → refer**: the same caption checkpoint, the trace stage (a point per
+      word: dense location), then the same refer stage.
+
+    Both refer stages train on :data:`REFER_WITHOUT_TRACE` for ``steps["refer"]`` steps from
+    the same seed, so the two last checkpoints differ by the trace stage alone. Trained with
+    :func:`pixelkit.runs.run_chain` / :func:`~pixelkit.runs.run_stage` into ``out/with_trace``
+    and ``out/without_trace``.
+
+    Args:
+        out: the notebook's output folder.
+        data_root: the shapes world.
+        steps: ``{"caption": n, "trace": n, "refer": n}``.
+        **settings: :func:`~pixelkit.runs.run_stage` settings for every stage
+            (``batch_size``, ``val_limit``, ...).
+
+    Returns:
+        ``{name: checkpoint}`` in the order above.
+    """
+    from pixelkit.runs import run_chain, run_stage
+
+    chain = run_chain(["caption", "trace"], out=Path(out) / "with_trace", steps=steps,
+                      data_root=data_root, **settings)
+    refer = {"overrides": {"data.train": REFER_WITHOUT_TRACE}, "steps": steps["refer"],
+             "data_root": data_root, **settings}
+    without = run_stage("refer", out=Path(out) / "without_trace",
+                        init_from=chain["caption"].last, **refer)
+    with_trace = run_stage("refer", out=Path(out) / "with_trace",
+                           init_from=chain["trace"].last, **refer)
+    return {"caption only": chain["caption"].last, "caption → refer": without.last,
+            "caption → trace → refer": with_trace.last}
+
+
+def agreement_table(checkpoints: Mapping[str, Any], data_root: Path,
+                    texts: Sequence[str] = ("narrative", "caption", "generated"),
+                    limit: int = 100, methods: Mapping[str, tuple[Any, str]] | None = None
+                    ) -> Any:
+    """:func:`pixelkit.analysis.agreement` for several checkpoints and texts, as a DataFrame.
+
+    Args:
+        checkpoints: name -> checkpoint (or a :class:`~pixelkit.Predictor`).
+        data_root: the shapes world (its val split is used).
+        texts: :data:`pixelkit.analysis.TEXTS` to score.
+        limit: val images.
+        methods: the attention aggregations (default
+            :data:`pixelkit.analysis.DEFAULT_METHODS`).
+
+    Returns:
+        One row per (checkpoint, text): the words counted, for each method the share whose
+        attention peak is in a matching object's box, the point head's share, and the
+        chance levels (cells for a peak, area for a point).
+    """
+    pd = require("pandas", "tutorial tables")
+    from pixelkit.analysis import agreement
+    from pixelkit.predictor import Predictor
+
+    rows = []
+    for name, ckpt in checkpoints.items():
+        p = ckpt if isinstance(ckpt, Predictor) else Predictor.from_checkpoint(ckpt)
+        for text in texts:
+            result = agreement(p, data_root, limit=limit, text=text, methods=methods)
+            summary = result.summary()
+            row: dict[str, Any] = {"checkpoint": name, "text": text,
+                                   "words": summary[0]["words"] if summary else 0}
+            for r in summary:
+                row[f"attention: {r['method']}"] = r["attention peak in box"]
+            first = summary[0] if summary else {}
+            row["point head"] = first.get("point head in box", float("nan"))
+            row["chance (cells)"] = first.get("chance (cells)", float("nan"))
+            row["chance (area)"] = first.get("chance (area)", float("nan"))
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["checkpoint", "text"])
+
+
+def lens_table(checkpoints: Mapping[str, Any], data_root: Path, limit: int = 50) -> Any:
+    """:func:`pixelkit.analysis.lens_share` per checkpoint, as a DataFrame: one row per layer
+    (0: the LM's input), columns ``(checkpoint, measure)`` with the measures
+
+    * ``colour or shape``: in-object cells whose top word is the object's colour or shape;
+    * ``location``: in-object cells whose top word is one of the object's location words;
+    * ``background colour/shape``: background cells whose top word is a colour or shape
+      word (how often the lens says one where there is nothing).
+    """
+    pd = require("pandas", "tutorial tables")
+    from pixelkit.analysis import lens_share
+    from pixelkit.predictor import Predictor
+
+    columns: dict[tuple[str, str], list[float]] = {}
+    for name, ckpt in checkpoints.items():
+        p = ckpt if isinstance(ckpt, Predictor) else Predictor.from_checkpoint(ckpt)
+        share = lens_share(p, data_root, limit=limit)
+        columns[(name, "colour or shape")] = share.match
+        columns[(name, "location")] = share.location
+        columns[(name, "background colour/shape")] = share.background_attribute
+    table = pd.DataFrame(columns)
+    table.index.name = "layer"
+    return table
+
+
+def random_tiny_sam(seed: int = 0) -> Any:
+    """A random ``transformers.SamModel`` with a 64 px input (two ViT blocks): the same
+    pipeline as a real SAM, in a second, with masks that mean nothing. For running the
+    attention-as-prompts code where no SAM weights are at hand (the tests use it too)."""
+    import torch
+    from transformers import SamConfig, SamModel
+
+    torch.manual_seed(seed)
+    vision = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "mlp_dim": 64,
+              "output_channels": 16, "image_size": 64, "patch_size": 16, "window_size": 2,
+              "global_attn_indexes": [1], "num_pos_feats": 8}
+    cfg = SamConfig(
+        vision_config=vision,
+        prompt_encoder_config={"hidden_size": 16, "image_size": 64, "patch_size": 16,
+                               "mask_input_channels": 4},
+        mask_decoder_config={"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                             "mlp_dim": 32, "iou_head_hidden_dim": 16})
+    return SamModel(cfg).eval()

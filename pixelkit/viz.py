@@ -28,6 +28,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, out: Path | str) -> Path:
+    """Lay out, write to ``out`` (PNG, 110 dpi) and close a figure."""
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def word_colours(n: int) -> list[tuple[int, int, int]]:
     """``n`` well-separated RGB colours (hue wheel, golden-ratio steps)."""
     out = []
@@ -182,11 +191,7 @@ def loss_curves(csv_files: dict[str, Path | str], out: Path | str,
         ax.set_xlabel("step (stages in sequence)")
         ax.grid(alpha=0.3)
     axes[0][0].legend()
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,10 +387,196 @@ def study_plot(curves: dict[str, Path | str], rows: Sequence[dict], out: Path | 
     ax2.set_xlabel(param)
     ax2.set_title(f"final {metric} (mean ± std over seeds)")
     ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
+
+
+# --------------------------------------------------------------------------------------------
+# Where the model looks (pixelkit.analysis)
+# --------------------------------------------------------------------------------------------
+
+
+def overlay_mask(image: Image.Image, mask: np.ndarray, colour: Sequence[int] = (30, 144, 255),
+                 alpha: float = 0.45) -> Image.Image:
+    """``image`` with a boolean ``(H, W)`` mask blended in ``colour``."""
+    arr = np.asarray(image.convert("RGB"), np.float32).copy()
+    m = np.asarray(mask, bool)
+    arr[m] = (1 - alpha) * arr[m] + alpha * np.asarray(colour, np.float32)
+    return Image.fromarray(arr.astype(np.uint8))
+
+
+def _mark(draw: ImageDraw.ImageDraw, xy: Sequence[float], r: float, fill: Sequence[int] | None,
+          outline: Sequence[int], width: int = 2) -> None:
+    x, y = xy
+    draw.ellipse([x - r, y - r, x + r, y + r], fill=None if fill is None else tuple(fill),
+                 outline=tuple(outline), width=width)
+
+
+def draw_word_map(image: Image.Image | np.ndarray, heat: np.ndarray,
+                  colour: Sequence[int] = (255, 200, 0), *,
+                  point: Sequence[float] | None = None, peak: Sequence[float] | None = None,
+                  min_side: int = 256, alpha: float = 0.8, title: str | None = None
+                  ) -> Image.Image:
+    """One word's attention map over the image, in the word's colour.
+
+    The image is shown in grey so the colour is the map's alone; each cell of the map is
+    tinted with ``colour`` in proportion to its value over the map's maximum (cells stay
+    square: the map's real resolution). The point head's point is a filled dot in the
+    word's colour, the attention peak a white ring.
+
+    Args:
+        image: the original image.
+        heat: ``(h', w')`` map over the image (:meth:`WordMaps.image_maps`).
+        colour: the word's colour (:func:`word_colours`).
+        point: the point head's ``(x, y)`` for the word, pixels.
+        peak: the map's peak ``(x, y)``, pixels.
+        min_side: upscale small images to at least this side.
+        alpha: tint of the map's maximum.
+        title: written top-left (the word).
+    """
+    img, s = _canvas(image, min_side)
+    grey = np.asarray(img.convert("L").convert("RGB"), np.float32) * 0.8
+    h = np.asarray(heat, np.float64)
+    h = h / h.max() if h.size and h.max() > 0 else np.zeros_like(h)
+    # Square cells of the padded square; the image's long side holds whole cells, the last
+    # row / column on the short side may be cut by the image edge.
+    cell = max(img.width / h.shape[1], img.height / h.shape[0])
+    cells = Image.fromarray((h * 255).astype(np.uint8)).resize(
+        (round(h.shape[1] * cell), round(h.shape[0] * cell)), Image.NEAREST)
+    weight = np.zeros(grey.shape[:2], np.float32)
+    c = np.asarray(cells, np.float32)[: img.height, : img.width] / 255.0
+    weight[: c.shape[0], : c.shape[1]] = c * alpha
+    out = grey * (1 - weight[..., None]) + np.asarray(colour, np.float32) * weight[..., None]
+    img = Image.fromarray(out.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    r = max(4, img.width // 40)
+    if peak is not None:
+        _mark(draw, [v * s for v in peak], 1.6 * r, None, (255, 255, 255), width=3)
+    if point is not None:
+        _mark(draw, [v * s for v in point], r, colour, (0, 0, 0))
+    if title:
+        draw.text((4, 2), title, fill=tuple(colour), font=_font(max(11, img.width // 24)),
+                  stroke_width=2, stroke_fill=(0, 0, 0))
+    return img
+
+
+def draw_word_maps(image: Image.Image | np.ndarray, words: Sequence[str],
+                   maps: Sequence[np.ndarray], points: Sequence[Sequence[float]] | None = None,
+                   peaks: Sequence[Sequence[float]] | None = None, *,
+                   indices: Sequence[int] | None = None, cols: int = 6, size: int = 160,
+                   titles: Sequence[str] | None = None) -> Image.Image:
+    """Every word's attention map in its colour (as the trace draws it), in caption order.
+
+    Args:
+        image: the original image.
+        words: the caption's words.
+        maps: per word an ``(h', w')`` map over the image.
+        points: per word the point head's point (pixels), drawn as a dot.
+        peaks: per word the map's peak (pixels), drawn as a white ring.
+        indices: the words to show (default all).
+        cols: panels per row.
+        size: panel side.
+        titles: per shown panel (default the word).
+    """
+    colours = word_colours(len(words))
+    indices = list(range(len(words))) if indices is None else list(indices)
+    panels = []
+    for j, i in enumerate(indices):
+        panels.append(draw_word_map(
+            image, maps[i], colours[i], point=None if points is None else points[i],
+            peak=None if peaks is None else peaks[i], min_side=size,
+            title=titles[j] if titles is not None else f"{i}: {words[i]}"))
+    if not panels:
+        return side_by_side([Image.new("RGB", (size, size), (255, 255, 255))], ["(no words)"])
+    rows = [panels[k:k + cols] for k in range(0, len(panels), cols)]
+    if len(rows) > 1 and len(rows[-1]) < cols:
+        rows[-1] = rows[-1] + [Image.new("RGB", panels[0].size, (255, 255, 255))] * (
+            cols - len(rows[-1]))
+    return image_grid(rows)
+
+
+#: Colours of the shapes world's colour words (DESIGN.md section 4), for the lens grid.
+SHAPES_RGB: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
+    "yellow": (230, 210, 40), "purple": (150, 60, 200), "orange": (240, 140, 30)}
+
+
+def draw_lens_grid(image: Image.Image | np.ndarray, words: Sequence[Sequence[str]], *,
+                   min_side: int = 448, title: str | None = None) -> Image.Image:
+    """The logit lens's top word in each grid cell, written over the image.
+
+    Args:
+        image: the original image.
+        words: ``h'`` rows of ``w'`` words over the image (:meth:`LogitLens.grid_words`,
+            cropped to the visible cells); the grid is assumed to cover the padded square
+            of the image's longest side.
+        min_side: upscale small images to at least this side.
+        title: written at the top.
+
+    Colour words are written in their colour, shape words in white, other words in grey.
+    """
+    img, _ = _canvas(image, min_side)
+    img = Image.blend(img, Image.new("RGB", img.size, (0, 0, 0)), 0.35)
+    draw = ImageDraw.Draw(img)
+    rows = len(words)
+    cols = max((len(r) for r in words), default=0)
+    # Square cells of the padded square (the grid's own geometry), cut at the image edge.
+    cell = max(img.width / max(cols, 1), img.height / max(rows, 1))
+    font = _font(max(8, int(cell / 4.2)))
+    for r in range(rows + 1):
+        draw.line([(0, r * cell), (img.width, r * cell)], fill=(90, 90, 90))
+    for c in range(cols + 1):
+        draw.line([(c * cell, 0), (c * cell, img.height)], fill=(90, 90, 90))
+    for r, row in enumerate(words):
+        for c, word in enumerate(row):
+            key = word.strip().lower()
+            fill = SHAPES_RGB.get(key, (255, 255, 255) if key in ("circle", "square", "triangle")
+                                  else (150, 150, 150))
+            draw.text((c * cell + cell / 2, r * cell + cell / 2), word[:9], fill=fill, font=font,
+                      anchor="mm", stroke_width=2, stroke_fill=(0, 0, 0))
+    if title:
+        draw.text((4, 2), title, fill=(255, 255, 255), font=_font(max(11, img.width // 30)),
+                  stroke_width=2, stroke_fill=(0, 0, 0))
+    return img
+
+
+def draw_prompted_mask(image: Image.Image | np.ndarray, mask: np.ndarray,
+                       points: Sequence[Sequence[float]], labels: Sequence[int], *,
+                       min_side: int = 256, colour: Sequence[int] = (30, 144, 255)) -> Image.Image:
+    """A SAM mask with the point prompts that made it (green positive, red negative)."""
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    shown = overlay_mask(img, mask, colour)
+    return draw_boxes(shown, [], points=[tuple(p) for p in points],
+                      point_labels=[int(v) for v in labels], min_side=min_side)
+
+
+def line_plot(series: dict[str, Sequence[float]], out: Path | str, *, xlabel: str, ylabel: str,
+              title: str | None = None, x: Sequence[float] | None = None,
+              hlines: dict[str, float] | None = None) -> Path:
+    """Lines of values over a shared x (e.g. the logit lens's share per layer) to a PNG.
+
+    Args:
+        series: name -> values.
+        out: PNG path.
+        xlabel, ylabel, title: the axes' and figure's labels.
+        x: the x values (default 0, 1, ...); integers are shown as integer ticks.
+        hlines: name -> a level drawn as a dashed line (a chance level).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, values in series.items():
+        xs = list(x) if x is not None else list(range(len(values)))
+        ax.plot(xs, list(values), marker="o", label=name)
+    for name, level in (hlines or {}).items():
+        ax.axhline(level, ls="--", lw=1, color="grey")
+        ax.text(ax.get_xlim()[0], level, f" {name}", va="bottom", fontsize=8, color="grey")
+    if x is None or all(float(v).is_integer() for v in x):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(plt, fig, out)

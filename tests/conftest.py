@@ -86,15 +86,8 @@ def tiny_sam_vision() -> dict:
 
 
 @pytest.fixture
-def tiny_sam(tiny_sam_vision: dict):
+def tiny_sam():
     """A random ``transformers.SamModel`` small enough for CPU tests (64 px input)."""
-    from transformers import SamConfig, SamModel
+    from pixelkit.tutorial import random_tiny_sam
 
-    vision = {**tiny_sam_vision, "num_pos_feats": 8}  # 2 * 8 = the prompt encoder's width
-    cfg = SamConfig(
-        vision_config=vision,
-        prompt_encoder_config={"hidden_size": 16, "image_size": 64, "patch_size": 16,
-                               "mask_input_channels": 4},
-        mask_decoder_config={"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-                             "mlp_dim": 32, "iou_head_hidden_dim": 16})
-    return SamModel(cfg)
+    return random_tiny_sam()

@@ -33,3 +33,12 @@ def test_model_bench_quick_writes_the_four_figures(tmp_path: Path) -> None:
 def test_paired_ratio_is_per_round() -> None:
     # Round 2 was disturbed for both sides: the per-round ratio ignores it.
     assert paired_ratio([2.0, 2.0, 20.0], [1.0, 1.0, 10.0]) == 2.0
+
+
+def test_attention_bench_quick_writes_its_figures(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--only", "attention", "--quick", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]["attention"]
+    for key in ("tiny_forward_ms", "tiny_attention_ms", "tiny_attention_mb"):
+        assert results[key] > 0, key
+    assert math.isfinite(results["tiny_attention_overhead"])

@@ -115,6 +115,23 @@ def test_selecting_a_word_highlights_it(handlers) -> None:
     assert handlers.select_word(None, 1) is None
 
 
+def test_attention_switch_shows_where_the_model_looks(handlers) -> None:
+    _, _, view, _ = next(handlers.caption(_noise(64, 64)))
+    assert handlers.attention_picture(view, show=False) is None   # the switch is off
+    assert handlers.attention_picture(None) is None               # nothing captioned yet
+    maps = handlers.word_maps(view)
+    assert maps.words == view.words                               # the caption's own words
+    assert handlers.word_maps(view) is maps                       # computed once per caption
+    every = handlers.attention_picture(view)                      # no word selected: all
+    one = handlers.attention_picture(view, index=1)               # the selected word
+    assert one.size == (384, 384) and every.size != one.size
+    assert not np.array_equal(np.asarray(one), np.asarray(handlers.attention_picture(view, index=0)))
+    # A region caption's maps come from its own prompt (the box), not the whole image's.
+    editor = _editor(_noise(64, 64), [((10, 10, 30, 30), app.POSITIVE)])
+    _, _, region, out = next(handlers.region_caption(editor))
+    assert handlers.word_maps(region).words == out["words"]
+
+
 def _drag(editor: dict, p0: tuple[float, float], p1: tuple[float, float], radius: float,
           colour: str = app.POSITIVE) -> dict:
     """A brush drag from p0 to p1 as the editor records it: discs stamped along the line."""
@@ -434,6 +451,19 @@ def test_browser_end_to_end(model, tmp_path) -> None:
             colours.nth(1).click()  # select a word: its location is highlighted
             expect(page.locator("#caption-img img").first).not_to_have_attribute("src", before)
             page.screenshot(path=str(shots / "1b_word_selected.png"), full_page=True)
+            # The switch: every word's attention map appears; a clicked word shows its own.
+            assert page.locator("#caption-attn img").count() == 0
+            page.locator("#attention input").check()
+            page.wait_for_selector("#caption-attn img")
+            maps = _fetch_image(page, "#caption-attn img")
+            assert maps.width > 384 and np.asarray(maps, int).std() > 5  # a picture, not blank
+            every = page.locator("#caption-attn img").first.get_attribute("src")
+            colours.nth(2).click()
+            expect(page.locator("#caption-attn img").first).not_to_have_attribute("src", every)
+            assert _fetch_image(page, "#caption-attn img").size == (384, 384)
+            page.screenshot(path=str(shots / "1c_attention.png"), full_page=True)
+            page.locator("#attention input").uncheck()
+            expect(page.locator("#caption-attn")).to_be_hidden()
 
             # 2. Region caption: drag a box around the first object.
             page.get_by_role("tab", name="Region caption").click()

@@ -11,7 +11,9 @@ Four tabs, all on one :class:`pixelkit.Predictor` (the API the notebooks use):
 1. **Caption + trace**: the narrative (or a short caption) with every word in its own
    colour, and the trace drawn in the same colours (joined in word order; the start has a
    ring, the end a square). Click a word to highlight its location and box; tick
-   *animate* to watch the trace grow word by word.
+   *animate* to watch the trace grow word by word. Tick *where the model looks* to see
+   the language model's attention map of each word (:mod:`pixelkit.analysis`, VL-SAM's
+   rollout with mean-max heads), and of the clicked word beside its point.
 2. **Region caption**: drag across an object on the editor to draw a box (the box is the
    extent of the stroke), or switch to *points* and click: green dots are positive clicks,
    red dots negative. The caption of that region comes back with its trace.
@@ -255,6 +257,7 @@ class TraceView:
     prompt_box: tuple[float, float, float, float] | None = None
     prompt_points: list[tuple[float, float]] | None = None
     prompt_labels: list[int] | None = None
+    task: str | None = None
 
     def draw(self, highlight: int | None = None, upto: int | None = None) -> Image.Image:
         """The trace over the image (and the prompt box / clicks, when there is one).
@@ -304,19 +307,27 @@ class DemoHandlers:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # ------------------------------------------------------------------ helpers
-    def encode(self, image: Image.Image) -> Any:
-        """The predictor's :class:`~pixelkit.predictor.EncodedImage` of ``image`` (cached)."""
-        key = hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
+    def _cached(self, key: Any, make: Any) -> Any:
+        """``make()``, kept in a small LRU cache under ``key``."""
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        encoded = self.predictor.encode_images([image])[0]
+        value = make()
         with self._lock:
-            self._cache[key] = encoded
+            self._cache[key] = value
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        return encoded
+        return value
+
+    @staticmethod
+    def _image_key(image: Image.Image) -> str:
+        return hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
+
+    def encode(self, image: Image.Image) -> Any:
+        """The predictor's :class:`~pixelkit.predictor.EncodedImage` of ``image`` (cached)."""
+        return self._cached(("image", self._image_key(image)),
+                            lambda: self.predictor.encode_images([image])[0])
 
     def _caption_view(self, image: Image.Image, task: str | None = None, **prompt: Any
                       ) -> tuple[TraceView, Any]:
@@ -325,7 +336,7 @@ class DemoHandlers:
         result = self.predictor.caption_batch([enc], task=task, **wrap)[0]
         view = TraceView(image, list(result.words), [tuple(p) for p in result.points],
                          [tuple(b) for b in result.boxes], prompt.get("boxes"),
-                         prompt.get("points"), prompt.get("labels"))
+                         prompt.get("points"), prompt.get("labels"), task=task)
         return view, result
 
     # ------------------------------------------------------------------ 1. caption + trace
@@ -360,6 +371,40 @@ class DemoHandlers:
             return None
         return view.draw(highlight=index)
 
+    def word_maps(self, view: TraceView) -> Any:
+        """The attention maps of the view's caption (:func:`pixelkit.analysis.word_attention`:
+        the same prompt decoded again, then one teacher-forced pass with attention), cached
+        per image and prompt."""
+        from pixelkit.analysis import word_attention
+
+        key = ("maps", self._image_key(view.image), view.task, view.prompt_box,
+               tuple(map(tuple, view.prompt_points or ())), tuple(view.prompt_labels or ()))
+        return self._cached(key, lambda: word_attention(
+            self.predictor, self.encode(view.image), task=view.task, box=view.prompt_box,
+            points=view.prompt_points, labels=view.prompt_labels))
+
+    def attention_picture(self, view: TraceView | None, show: bool = True,
+                          index: int | None = None) -> Image.Image | None:
+        """Where the model looked: every word's attention map (no word selected), or the
+        selected word's map with its point (dot) and the map's peak (white ring).
+
+        Returns:
+            The picture, or None when the switch is off or there is no caption yet.
+        """
+        from pixelkit.viz import draw_word_map, draw_word_maps, word_colours
+
+        if not show or view is None:
+            return None
+        maps = self.word_maps(view)
+        heat, peaks = maps.image_maps(), maps.peaks()
+        if index is None or not 0 <= index < len(maps.words):
+            return draw_word_maps(view.image, maps.words, heat, maps.points, peaks, cols=6,
+                                  size=128)
+        return draw_word_map(view.image, heat[index], word_colours(len(maps.words))[index],
+                             point=maps.points[index], peak=peaks[index], min_side=384,
+                             title=f"{index}: {maps.words[index]} (attention, "
+                                   f"{100 * maps.visual_share[index]:.0f}% on the image)")
+
     # ------------------------------------------------------------------ 2. region caption
     def region_caption(self, editor: dict[str, Any] | None, mode: str = _MODE_BOX,
                        animate: bool = False) -> Iterator[tuple[dict, Image.Image, TraceView, dict]]:
@@ -383,7 +428,7 @@ class DemoHandlers:
         Returns:
             ``(image with the box, result dict: box, score[, mask_area])``.
         """
-        from pixelkit.viz import draw_boxes
+        from pixelkit.viz import draw_boxes, overlay_mask
 
         expression = (expression or "").strip()
         if not expression:
@@ -428,14 +473,6 @@ class DemoHandlers:
         rows = [[cap, round(float(s), 3), [round(float(v), 1) for v in box]]
                 for box, cap, s in zip(result.boxes, result.captions, result.scores)]
         return (shown, annotations), rows, result.to_dict()
-
-
-def overlay_mask(image: Image.Image, mask: np.ndarray, colour=(30, 144, 255), alpha: float = 0.45
-                 ) -> Image.Image:
-    """``image`` with a boolean ``(H, W)`` mask blended in ``colour``."""
-    arr = np.asarray(image, np.float32).copy()
-    arr[mask] = (1 - alpha) * arr[mask] + alpha * np.asarray(colour, np.float32)
-    return Image.fromarray(arr.astype(np.uint8))
 
 
 # --------------------------------------------------------------------------------------------
@@ -530,14 +567,22 @@ def build_app(predictor: Any, examples: Sequence[tuple[Path, str]] = (),
     h = DemoHandlers(predictor, max_pixels=max_pixels)
     has_sam = getattr(predictor, "sam", None) is not None
 
-    def on_select(view: TraceView | None, evt: gr.SelectData):
+    def selected(evt: gr.SelectData) -> int | None:
         value = evt.value
         label = value[1] if isinstance(value, (list, tuple)) and len(value) > 1 else None
         if label is not None and str(label).isdigit():
-            index = int(label)
-        else:  # entities alternate word, space: word i is entity 2 i
-            index = int(evt.index) // 2 if isinstance(evt.index, int) else None
-        return h.select_word(view, index)
+            return int(label)
+        # entities alternate word, space: word i is entity 2 i
+        return int(evt.index) // 2 if isinstance(evt.index, int) else None
+
+    def on_select(view: TraceView | None, evt: gr.SelectData):
+        return h.select_word(view, selected(evt))
+
+    def attention_update(view: TraceView | None, show: bool, index: int | None = None):
+        return gr.update(value=h.attention_picture(view, bool(show), index), visible=bool(show))
+
+    def on_select_attention(view: TraceView | None, show: bool, evt: gr.SelectData):
+        return attention_update(view, show, selected(evt))
 
     def trace_panel(name: str, title: str, open_json: bool):
         """The caption (coloured words), its trace, the result as JSON, the TraceView state."""
@@ -571,9 +616,15 @@ def build_app(predictor: Any, examples: Sequence[tuple[Path, str]] = (),
                                         label="What to say", elem_id="task")
                         animate = gr.Checkbox(False, label="animate the trace word by word",
                                               elem_id="animate")
+                        attention = gr.Checkbox(False, label="where the model looks "
+                                                "(attention map per word)", elem_id="attention")
                     caption_btn = gr.Button("Caption", variant="primary", elem_id="caption-btn")
                     caption_text, caption_img, caption_json, caption_state = trace_panel(
                         "caption", "Caption", open_json=False)
+                    caption_attn = gr.Image(label="Where the model looks: the LM's attention "
+                                            "(colour) and the point head's point (dot)",
+                                            type="pil", interactive=False, visible=False,
+                                            elem_id="caption-attn", format="png")
                 with gr.Tab("Region caption", id="region"):
                     gr.Markdown("Drag across an object to draw a box, or choose *points* "
                                 "and click on it (green = include, red = exclude).")
@@ -625,8 +676,13 @@ def build_app(predictor: Any, examples: Sequence[tuple[Path, str]] = (),
 
         caption_btn.click(_user_errors(h.caption), [image, task, animate],
                           [caption_text, caption_img, caption_state, caption_json],
-                          api_name="caption")
+                          api_name="caption").then(
+            attention_update, [caption_state, attention], caption_attn, api_name=False)
         caption_text.select(on_select, caption_state, caption_img, show_progress="hidden")
+        caption_text.select(on_select_attention, [caption_state, attention], caption_attn,
+                            show_progress="hidden")
+        attention.change(attention_update, [caption_state, attention], caption_attn,
+                         api_name=False)
         region_btn.click(_user_errors(h.region_caption), [editor, mode, animate],
                          [region_text, region_img, region_state, region_json],
                          api_name="region_caption")

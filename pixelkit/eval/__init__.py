@@ -32,6 +32,7 @@ from pixelkit.eval.trace import (
     SHAPE_WORDS,
     pointing_accuracy,
     pointing_counts,
+    pointing_hits,
     trace_l1,
 )
 
@@ -56,6 +57,7 @@ __all__ = [
     "normalize_text",
     "pointing_accuracy",
     "pointing_counts",
+    "pointing_hits",
     "ptb_tokenize",
     "refer_accuracy",
     "trace_l1",

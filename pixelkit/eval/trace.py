@@ -21,8 +21,10 @@ from pixelkit.eval.boxes import as_boxes
 __all__ = [
     "COLOUR_WORDS",
     "SHAPE_WORDS",
+    "normalize_word",
     "pointing_accuracy",
     "pointing_counts",
+    "pointing_hits",
     "trace_l1",
 ]
 
@@ -87,11 +89,48 @@ def trace_l1(
     return float(err.mean())
 
 
-def _norm_word(word: str) -> str:
+def normalize_word(word: str) -> str:
+    """A word or token as the shapes-world vocabularies spell it: lower case, word-piece
+    markers ("▁", "Ġ", "##") and punctuation stripped ("▁Red," -> "red")."""
     w = word.strip()
     for marker in _PIECE_MARKERS:
         w = w.removeprefix(marker)
     return "".join(ch for ch in w.lower() if ch.isalnum())
+
+
+def pointing_hits(
+    words: Sequence[str],
+    points: Any,
+    objects: Sequence[tuple[Any, Collection[str]]],
+    colour_words: Collection[str] = COLOUR_WORDS,
+    shape_words: Collection[str] = SHAPE_WORDS,
+) -> list[bool | None]:
+    """Per word of :func:`pointing_accuracy`: whether its point lies on a matching object.
+
+    Args: see :func:`pointing_accuracy`.
+
+    Returns:
+        One entry per word: None for a word that does not count (not a colour or shape
+        word), else True when its point lies inside (borders included) the box of an
+        object with that attribute.
+    """
+    pts = _to_numpy(points).astype(np.float64).reshape(-1, 2)
+    if len(pts) != len(words):
+        raise ValueError(f"{len(words)} words but {len(pts)} points")
+    vocab = {w.lower() for w in colour_words} | {w.lower() for w in shape_words}
+    obj_boxes = as_boxes([box for box, _ in objects], "object boxes") if objects else None
+    obj_attrs = [{a.lower() for a in attrs} for _, attrs in objects]
+    hits: list[bool | None] = []
+    for word, (x, y) in zip(words, pts):
+        w = normalize_word(word)
+        if w not in vocab:
+            hits.append(None)
+            continue
+        # Inclusive borders: a point on the tight box edge is on the object.
+        hits.append(any(w in attrs and box[0] <= x <= box[2] and box[1] <= y <= box[3]
+                        for box, attrs in zip(obj_boxes if obj_boxes is not None else [],
+                                              obj_attrs)))
+    return hits
 
 
 def pointing_counts(
@@ -109,24 +148,9 @@ def pointing_counts(
         ``(hits, total)``: attribute words whose point falls in a box of an object with
         that attribute, and the number of attribute words.
     """
-    pts = _to_numpy(points).astype(np.float64).reshape(-1, 2)
-    if len(pts) != len(words):
-        raise ValueError(f"{len(words)} words but {len(pts)} points")
-    vocab = {w.lower() for w in colour_words} | {w.lower() for w in shape_words}
-    obj_boxes = as_boxes([box for box, _ in objects], "object boxes") if objects else None
-    obj_attrs = [{a.lower() for a in attrs} for _, attrs in objects]
-    hits = total = 0
-    for word, (x, y) in zip(words, pts):
-        w = _norm_word(word)
-        if w not in vocab:
-            continue
-        total += 1
-        for box, attrs in zip(obj_boxes if obj_boxes is not None else [], obj_attrs):
-            # Inclusive borders: a point on the tight box edge is on the object.
-            if w in attrs and box[0] <= x <= box[2] and box[1] <= y <= box[3]:
-                hits += 1
-                break
-    return hits, total
+    counted = [h for h in pointing_hits(words, points, objects, colour_words, shape_words)
+               if h is not None]
+    return sum(counted), len(counted)
 
 
 def pointing_accuracy(

@@ -236,23 +236,53 @@ class LanguageModel(nn.Module):
             logits (B, L, V) predicting ``labels``; hidden (B, L, D), where
             ``hidden[:, p]`` is the state that emits ``labels[:, p]``.
         """
+        L = labels.shape[1]
+        out = self.teacher_forced(prefix, prefix_mask, labels)
+        if self.is_encoder_decoder:
+            return out.logits, out.decoder_hidden_states[-1]
+        return out.logits[:, -L:], out.hidden_states[-1][:, -L:]
+
+    def teacher_forced(self, prefix: torch.Tensor, prefix_mask: torch.Tensor,
+                       labels: torch.Tensor, **outputs: Any) -> Any:
+        """The ``transformers`` output of the teacher-forced pass (what :meth:`forward` reads).
+
+        Args:
+            prefix, prefix_mask, labels: as :meth:`forward`.
+            **outputs: more output flags for the model call, e.g. ``output_attentions=True``
+                (which needs eager attention: :mod:`pixelkit.analysis`).
+
+        Returns:
+            The model's output. Seq2seq: the decoder runs over ``[start, labels[:-1]]``
+            (L positions; ``decoder_hidden_states``, ``cross_attentions`` ...). Causal: the
+            sequence is ``[prefix (P), start, labels[:-1]]`` and target position p is
+            sequence position ``P + p``; ``logits`` cover the last L positions only.
+        """
         B, L = labels.shape
         targets = labels.masked_fill(labels == IGNORE_INDEX, self.pad_id)
         start = torch.full((B, 1), self.start_id, dtype=labels.dtype, device=labels.device)
         dec_ids = torch.cat([start, targets[:, :-1]], dim=1)                     # (B, L)
         if self.is_encoder_decoder:
-            out = self.model(inputs_embeds=prefix, attention_mask=prefix_mask,
-                             decoder_input_ids=dec_ids, output_hidden_states=True,
-                             use_cache=False)
-            return out.logits, out.decoder_hidden_states[-1]
+            return self.model(inputs_embeds=prefix, attention_mask=prefix_mask,
+                              decoder_input_ids=dec_ids, output_hidden_states=True,
+                              use_cache=False, **outputs)
         dec_mask = torch.cat([torch.ones_like(start), (labels[:, :-1] != IGNORE_INDEX).long()], 1)
         embeds = torch.cat([prefix, self.embed(dec_ids).to(prefix.dtype)], dim=1)
         mask = torch.cat([prefix_mask.long(), dec_mask], dim=1)                  # (B, P+L)
         position_ids = (mask.cumsum(1) - 1).clamp(min=0)
         extra = {self._keep_arg: L} if self._keep_arg else {}
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
-                         output_hidden_states=True, use_cache=False, **extra)
-        return out.logits[:, -L:], out.hidden_states[-1][:, -L:]
+        return self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                          output_hidden_states=True, use_cache=False, **extra, **outputs)
+
+    def vocab_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The vocabulary head on final hidden states: (..., D) -> (..., V).
+
+        T5 scales its final decoder state by ``d_model ** -0.5`` before the head when the
+        config says so (``scale_decoder_outputs``); other models apply the head as it is.
+        """
+        base = self._base()
+        if self.is_encoder_decoder and getattr(base.config, "scale_decoder_outputs", False):
+            hidden = hidden * base.model_dim ** -0.5
+        return base.get_output_embeddings()(hidden)
 
     # ------------------------------------------------------------------ decoding
     def _direct_t5(self) -> bool:
@@ -332,8 +362,7 @@ class LanguageModel(nn.Module):
             hidden = block(hidden, None, self_bias, memory, None, state.cross_bias, **cache)[0]
         hidden = dec.dropout(dec.final_layer_norm(hidden))
         state.length = t + 1
-        out = hidden * base.model_dim ** -0.5 if base.config.scale_decoder_outputs else hidden
-        return base.lm_head(out)[:, -1], hidden[:, -1]
+        return self.vocab_logits(hidden)[:, -1], hidden[:, -1]
 
     def step(self, state: DecodeState, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Feed one token per row (B,) and return the next logits (B, V), hidden (B, D)."""

@@ -26,12 +26,30 @@ class Attention(nn.Module):
         self.q, self.k, self.v = (nn.Linear(dim, inner) for _ in range(3))
         self.out = nn.Linear(inner, dim)
 
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, inner) -> (B, heads, N, inner / heads)."""
+        return x.view(x.shape[0], x.shape[1], self.num_heads, -1).transpose(1, 2)
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q (B, Nq, D), k/v (B, Nk, D) -> (B, Nq, D)."""
         B, Nq, _ = q.shape
-        heads = lambda x: x.view(B, x.shape[1], self.num_heads, -1).transpose(1, 2)  # noqa: E731
-        o = F.scaled_dot_product_attention(heads(self.q(q)), heads(self.k(k)), heads(self.v(v)))
+        o = F.scaled_dot_product_attention(self._heads(self.q(q)), self._heads(self.k(k)),
+                                           self._heads(self.v(v)))
         return self.out(o.transpose(1, 2).reshape(B, Nq, -1))
+
+    def attention_weights(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """The softmax weights :meth:`forward` uses (its fused kernel does not return them).
+
+        Args:
+            q: (B, Nq, D) the queries as :meth:`forward` receives them.
+            k: (B, Nk, D) the keys.
+
+        Returns:
+            (B, heads, Nq, Nk), each row summing to 1.
+        """
+        qh, kh = self._heads(self.q(q)), self._heads(self.k(k))
+        scores = qh @ kh.transpose(-1, -2) * qh.shape[-1] ** -0.5  # SDPA's default scale
+        return scores.softmax(-1)
 
 
 class TwoWayBlock(nn.Module):
