@@ -27,8 +27,9 @@ the next batch of the same epoch instead of replaying the epoch from its start.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pixelkit.data.alignment import align_caption
 from pixelkit.data.encoding import Example, collate, make_row
-from pixelkit.data.formats import MissingImageError, read_any
+from pixelkit.data.formats import MissingImageError, detect_and_load, iter_any
+from pixelkit.data.packed import PackedSamples
 from pixelkit.data.schema import Sample
 from pixelkit.data.transforms import SampleTransform, TrainTransform
 from pixelkit.modeling.tokenizer import load_tokenizer
@@ -60,7 +62,7 @@ class SourceConfig:
         images: folder of its images; with ``split``, left out.
         weight: relative sampling weight in the mixture.
         format: the file's format when auto-detection should be skipped.
-        limit: read at most this many samples (after reading, in file order).
+        limit: read at most this many samples (in file order; reading stops there).
         split: a split of :mod:`pixelkit.data.catalog` (``shapes/train``, ``refcoco/val``):
             its file for ``task`` and its images, under the data module's ``root``.
     """
@@ -96,8 +98,12 @@ class SourceConfig:
 
 
 def read_source(src: SourceConfig, strict: bool = False,
-                bad_images: dict[str, str] | None = None) -> list[Sample]:
-    """Read a source's samples (non-strict: bad records are skipped and counted).
+                bad_images: dict[str, str] | None = None) -> PackedSamples:
+    """Read a source's samples (non-strict: bad records are skipped and counted), packed.
+
+    The reader streams (a Localized Narratives file line by line) into
+    :class:`~pixelkit.data.packed.PackedSamples`, so neither the file nor a list of sample
+    objects is ever held whole, and data-loader workers share the packed bytes.
 
     Args:
         src: the source.
@@ -105,20 +111,35 @@ def read_source(src: SourceConfig, strict: bool = False,
         bad_images: collects the image files the reader could not use (path -> message).
     """
     reader_task = {"trace": None, "caption": None, "refer": None}.get(src.task, src.task)
-    samples, report = read_any(src.ann, src.images, strict=strict, task=reader_task,
-                               format=src.format)
+    # Detection parses a JSON file whole: the parsed data goes on to the reader (parsed once).
+    fmt, data = (src.format, None) if src.format else detect_and_load(src.ann)
+    # Image sizes of narratives (the one format without them) come from a sidecar index,
+    # built on the first run: later runs open no image before training.
+    options = {"index_sizes": True} if fmt == "localized_narratives" else {}
+    stream, report = iter_any(src.ann, src.images, strict=strict, task=reader_task,
+                              format=fmt, data=data, **options)
+    without = 0
+    if src.task == "trace":  # trace needs utterances with locations
+
+        def with_trace(samples: Iterator[Sample]) -> Iterator[Sample]:
+            nonlocal without
+            for s in samples:
+                if s.has_trace:
+                    yield s
+                else:
+                    without += 1
+
+        stream = with_trace(stream)
+    packed = PackedSamples(itertools.islice(stream, src.limit or None))
     if bad_images is not None:
         for path, message in report.bad_images.items():
             bad_images.setdefault(path, message)
     if report.skipped:
         print(f"[pixelkit] {src.ann}: read {report.records}, skipped {report.skipped} "
               f"(first error: {report.errors[0] if report.errors else '-'})")
-    if src.task == "trace":  # trace needs utterances with locations
-        without = sum(not s.has_trace for s in samples)
-        samples = [s for s in samples if s.has_trace]
-        if without:
-            print(f"[pixelkit] {src.ann}: {without} narratives without a trace not used for 'trace'")
-    return samples[: src.limit] if src.limit else samples
+    if without:
+        print(f"[pixelkit] {src.ann}: {without} narratives without a trace not used for 'trace'")
+    return packed
 
 
 @dataclass(frozen=True)
@@ -140,7 +161,8 @@ class TaskDataset(Dataset):
     """One source's samples encoded for its task.
 
     Args:
-        samples: the source's samples.
+        samples: the source's samples (:class:`~pixelkit.data.packed.PackedSamples` from
+            :func:`read_source`; any sequence works).
         task: the task to encode them for.
         tokenizer: the LM's tokenizer.
         transform: image + coordinates into the model frame (with augmentation or not).
@@ -156,7 +178,7 @@ class TaskDataset(Dataset):
         seed: seed of the encoding randomness (point prompts, box jitter).
     """
 
-    def __init__(self, samples: list[Sample], task: str, tokenizer: Any,
+    def __init__(self, samples: Sequence[Sample], task: str, tokenizer: Any,
                  transform: SampleTransform, max_text_length: int = 48,
                  alignment: str = "text", point_prompt_prob: float = 0.0,
                  box_jitter: float = 0.0, max_regions: int = 8, seed: int = 0) -> None:

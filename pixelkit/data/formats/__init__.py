@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from pixelkit.data.formats.coco import (
 )
 from pixelkit.data.formats.localized_narratives import (
     LN_IMAGE_PATTERNS,
+    iter_localized_narratives,
     read_localized_narratives,
 )
 from pixelkit.data.formats.refcoco import (
@@ -91,6 +92,8 @@ __all__ = [
     "default_instances_path",
     "detect_and_load",
     "detect_format",
+    "iter_any",
+    "iter_localized_narratives",
     "load_plain_pickle",
     "read_any",
     "read_coco_captions",
@@ -256,7 +259,7 @@ def _classify(path: Path, data: Any) -> str:
 
 #: Keyword options each format's reader takes (beyond images_dir, strict and task).
 _OPTIONS: dict[str, set[str]] = {
-    "localized_narratives": {"image_pattern", "image_sizes", "check_images"},
+    "localized_narratives": {"image_pattern", "image_sizes", "check_images", "index_sizes"},
     "coco_captions": {"check_images"},
     "coco_instances": {"check_images"},
     "mdetr_refcoco": {"check_images"},
@@ -287,7 +290,8 @@ def read_any(
         format: skip detection and read as this format.
         data: the file's parsed JSON when already loaded (see :func:`detect_and_load`).
         **options: reader options: ``check_images`` (all), ``image_pattern`` and
-            ``image_sizes`` (Localized Narratives, Visual Genome), ``instances_path`` and
+            ``image_sizes`` (Localized Narratives, Visual Genome), ``index_sizes``
+            (Localized Narratives: a sidecar index of image sizes), ``instances_path`` and
             ``split`` (refer pickle).
 
     Returns:
@@ -297,6 +301,31 @@ def read_any(
         FileNotFoundError: no such file.
         DataFormatError: undetectable format, or (strict) a bad record.
         ValueError: a task or option the format does not support.
+    """
+    samples, report = iter_any(path, images_dir, strict, task, format=format, data=data,
+                               **options)
+    return list(samples), report
+
+
+def iter_any(
+    path: str | os.PathLike[str],
+    images_dir: str | os.PathLike[str] | None = None,
+    strict: bool = True,
+    task: str | None = None,
+    *,
+    format: str | None = None,
+    data: Any = None,
+    **options: Any,
+) -> tuple[Iterator[Sample], ReadReport]:
+    """:func:`read_any` as a stream (same arguments and checks, made at the call).
+
+    A Localized Narratives file is read line by line as the iterator is consumed
+    (:func:`iter_localized_narratives`), so memory does not grow with it; the JSON formats
+    are one document, parsed whole, and their samples then yielded.
+
+    Returns:
+        ``(samples, report)``: the iterator and the report it fills (complete once the
+        iterator is exhausted).
     """
     if format is None:
         format, data = detect_and_load(path)
@@ -316,10 +345,9 @@ def read_any(
     def loaded() -> Any:
         return data if data is not None else load_json(path)
 
+    if format == "localized_narratives":
+        return iter_localized_narratives(path, images_dir, strict, **options)
     readers: dict[str, Callable[[], tuple[list[Sample], ReadReport]]] = {
-        "localized_narratives": lambda: read_localized_narratives(
-            path, images_dir, strict, **options
-        ),
         "coco_captions": lambda: coco_captions_from_data(path, loaded(), images_dir, strict, check),
         "coco_instances": lambda: coco_instances_from_data(
             path, loaded(), images_dir, strict, check
@@ -331,4 +359,5 @@ def read_any(
         ),
         "grit": lambda: grit_from_data(path, loaded(), images_dir, strict, check, task),
     }
-    return readers[format]()
+    samples, report = readers[format]()
+    return iter(samples), report

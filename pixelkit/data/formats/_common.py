@@ -31,6 +31,7 @@ import json
 import math
 import os
 import reprlib
+import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -465,13 +466,39 @@ def xywh_to_checked_xyxy(
 
 
 class ImageSizes:
-    """Reads image sizes from file headers, once per path.
+    """Reads image sizes from file headers, once per path, optionally kept in an index file.
 
-    ``PIL.Image.open`` parses only the header, so this is cheap even for large images.
+    ``PIL.Image.open`` parses only the header, but at 100k images that is still minutes on
+    a network filesystem. With an ``index`` (:meth:`beside` an annotation file), sizes
+    read once are saved there (:meth:`save`) and later runs take them from it: an entry
+    counts while the file's modification time and byte size are those it was read with
+    (one ``stat``, no open).
+
+    Args:
+        index: the JSON index file, or None for an in-memory cache only.
     """
 
-    def __init__(self) -> None:
+    #: Suffix of the index file beside an annotation file.
+    SUFFIX = ".image-sizes.json"
+
+    def __init__(self, index: str | os.PathLike[str] | None = None) -> None:
         self._cache: dict[str, tuple[int, int]] = {}
+        self.index = Path(index) if index is not None else None
+        self._known: dict[str, list[int]] = {}
+        self._added = 0
+        if self.index is not None and self.index.is_file():
+            try:
+                known = json.loads(self.index.read_text())["images"]
+                self._known = {k: v for k, v in known.items()
+                               if isinstance(v, list) and len(v) == 4}
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                print(f"[pixelkit] {self.index}: image-size index unreadable ({err}); "
+                      "rebuilding it", file=sys.stderr)
+
+    @classmethod
+    def beside(cls, annotations: str | os.PathLike[str]) -> ImageSizes:
+        """Sizes indexed in ``<annotations>.image-sizes.json``."""
+        return cls(f"{os.fspath(annotations)}{cls.SUFFIX}")
 
     def __call__(self, path: str, where: str) -> tuple[int, int]:
         """``(width, height)`` of the image at ``path``.
@@ -481,9 +508,47 @@ class ImageSizes:
         """
         size = self._cache.get(path)
         if size is None:
-            size = open_image_size(path, where)
+            size = self._indexed(path)
+            if size is None:
+                size = open_image_size(path, where)
+                if self.index is not None:
+                    self._remember(path, size)
             self._cache[path] = size
         return size
+
+    def _indexed(self, path: str) -> tuple[int, int] | None:
+        entry = self._known.get(os.path.abspath(path))
+        if entry is None:
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None  # gone: open_image_size names it
+        w, h, mtime, nbytes = entry
+        return (int(w), int(h)) if (st.st_mtime_ns, st.st_size) == (mtime, nbytes) else None
+
+    def _remember(self, path: str, size: tuple[int, int]) -> None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        self._known[os.path.abspath(path)] = [int(size[0]), int(size[1]), st.st_mtime_ns,
+                                              st.st_size]
+        self._added += 1
+
+    def save(self) -> None:
+        """Write the index (atomically) if sizes were read from images since it was loaded.
+        A read-only data folder is not an error: the sizes are then read again next time."""
+        if self.index is None or not self._added:
+            return
+        from pixelkit.files import atomic_write_text
+
+        try:
+            atomic_write_text(self.index, json.dumps({"version": 1, "images": self._known}))
+            self._added = 0
+        except OSError as err:
+            print(f"[pixelkit] image-size index not written ({err}); image headers will be "
+                  "read again on the next run", file=sys.stderr)
 
 
 def open_image_size(path: str, where: str) -> tuple[int, int]:

@@ -28,7 +28,7 @@ Rules beyond the shared ones (:mod:`pixelkit.data.formats._common`):
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -176,7 +176,27 @@ def read_localized_narratives(
     image_sizes: Mapping[Any, tuple[int, int]] | None = None,
     check_images: bool = False,
 ) -> tuple[list[Sample], ReadReport]:
-    """Read a Localized Narratives ``.jsonl`` file into ``trace`` samples.
+    """Read a Localized Narratives ``.jsonl`` file into a list of ``trace`` samples:
+    :func:`iter_localized_narratives` to the end (same arguments, same samples)."""
+    samples, report = iter_localized_narratives(path, images_dir, strict,
+                                                image_pattern=image_pattern,
+                                                image_sizes=image_sizes,
+                                                check_images=check_images)
+    return list(samples), report
+
+
+def iter_localized_narratives(
+    path: str | os.PathLike[str],
+    images_dir: str | os.PathLike[str] | None = None,
+    strict: bool = True,
+    *,
+    image_pattern: str | Sequence[str] | None = None,
+    image_sizes: Mapping[Any, tuple[int, int]] | None = None,
+    check_images: bool = False,
+    index_sizes: bool = False,
+) -> tuple[Iterator[Sample], ReadReport]:
+    """Stream a Localized Narratives ``.jsonl`` file as ``trace`` samples, line by line
+    (memory does not grow with the file: Open Images' 500k narratives are 12 GB of JSON).
 
     Each narrative becomes one sample whose ``utterances`` are the timed-caption
     utterances and whose ``utterance_boxes`` / ``utterance_points`` (pixels) come from
@@ -197,10 +217,16 @@ def read_localized_narratives(
         image_sizes: known ``(width, height)`` per image id; looked up before opening
             the image (the image is then not needed).
         check_images: also open every image even when its size is known.
+        index_sizes: keep image sizes in the sidecar index (see above).
+
+    With ``index_sizes`` (what training does), image sizes read from headers are kept in
+    a sidecar index beside the file (``<file>.image-sizes.json``,
+    :class:`~pixelkit.data.formats._common.ImageSizes`), so the next run opens no image.
 
     Returns:
-        ``(samples, report)``; ``report.records`` counts narratives read and
-        ``report.skipped`` bad ones.
+        ``(samples, report)``: a generator of samples, and the report it fills (complete
+        once the generator is exhausted); ``report.records`` counts narratives read and
+        ``report.skipped`` bad ones. The arguments are checked at the call.
 
     Raises:
         DataFormatError: (strict) a bad line; the message names file, line and field.
@@ -215,21 +241,26 @@ def read_localized_narratives(
         raise ValueError("check_images=True needs images_dir")
     col = Collector(path, FORMAT, strict)
     resolver = ImageResolver.from_option(images_dir, image_pattern, LN_IMAGE_PATTERNS)
-    sizes = ImageSizes()
+    sizes = ImageSizes.beside(path) if index_sizes else ImageSizes()
     seen = FirstIds("narrative")
-    samples: list[Sample] = []
-    for lineno, record in iter_jsonl(path, col):
-        where = f"{path}:{lineno}"
+
+    def samples() -> Iterator[Sample]:
         try:
-            sample = _read_record(
-                record, where, resolver, sizes, image_sizes, check_images, col, seen
-            )
-        except DataFormatError as e:
-            col.bad(e)
-            continue
-        samples.append(sample)
-        col.ok()
-    return samples, col.report
+            for lineno, record in iter_jsonl(path, col):
+                where = f"{path}:{lineno}"
+                try:
+                    sample = _read_record(
+                        record, where, resolver, sizes, image_sizes, check_images, col, seen
+                    )
+                except DataFormatError as e:
+                    col.bad(e)
+                    continue
+                col.ok()
+                yield sample
+        finally:  # also when the caller stops early (a limit): keep what was read
+            sizes.save()
+
+    return samples(), col.report
 
 
 def _read_record(
