@@ -255,39 +255,61 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+def model_from_state(config: Mapping[str, Any], frozen: Mapping[str, Mapping[str, Any]],
+                     state: Mapping[str, torch.Tensor], where: str) -> PixelLLM:
+    """Rebuild a model from its stored config and its (slim) weights.
+
+    The architecture comes from ``config`` with every ``pretrained`` flag off, except for the
+    frozen pretrained parts the weights left out (``frozen``: the :func:`frozen_record` of the
+    saved model), which load from their sources (hub or local path) and must match their
+    fingerprints. Shared by checkpoints (:func:`load_model`) and Hub folders
+    (:func:`pixelkit.hub.load_pretrained`).
+
+    Args:
+        config: :meth:`PixelLLMConfig.to_dict` of the saved model.
+        frozen: the frozen parts left out of ``state``.
+        state: the weights, keyed as the model's own state dict.
+        where: the file or folder, named in errors.
+
+    Raises:
+        CheckpointError: an invalid config, a source that does not load or has other
+            weights, or weights that do not fit the config.
+    """
+    try:
+        # Every weight comes from ``state``, except the frozen pretrained parts it left out:
+        # those load from their sources (and are checked below).
+        cfg = PixelLLMConfig.from_dict(dict(config)).without_pretrained(keep=frozen)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{where}: its stored model config is not valid ({err})") from None
+    try:
+        model = PixelLLM(cfg)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{where}: the frozen parts it left out ({', '.join(frozen)}) "
+                              f"could not be loaded from their sources: {err}") from None
+    state = restore_frozen(model, dict(state), frozen, where)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        raise CheckpointError(f"{where}: its weights do not fit its own model config "
+                              f"({lines[1] if len(lines) > 1 else lines[0]})"[:400]) from None
+    return model
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu"
                ) -> tuple[PixelLLM, dict[str, Any]]:
-    """Rebuild the model of a checkpoint and load its weights.
-
-    The architecture comes from the stored config with every ``pretrained`` flag off, except
-    for the frozen pretrained parts the checkpoint left out (:func:`save_model`), which load
-    from their sources (hub or local path) and must match their fingerprints.
+    """Rebuild the model of a checkpoint and load its weights (:func:`model_from_state`:
+    the frozen pretrained parts :func:`save_model` left out load from their sources).
 
     Returns:
         (model in eval mode on ``device``, the ``pixelkit`` meta dict).
     """
     ckpt = read_checkpoint(path)
     meta = ckpt[META_KEY]
-    frozen = meta.get("frozen") or {}
-    try:
-        # Every weight comes from the checkpoint, except the frozen pretrained parts it
-        # left out: those load from their sources (and are checked below).
-        config = PixelLLMConfig.from_dict(meta["config"]).without_pretrained(keep=frozen)
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: its stored model config is not valid ({err})") from None
-    try:
-        model = PixelLLM(config)
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: the frozen parts it left out ({', '.join(frozen)}) "
-                              f"could not be loaded from their sources: {err}") from None
     state = ckpt["state_dict"]
     if any(k.startswith("model.") for k in state):  # a Lightning checkpoint of a stage
         state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    state = restore_frozen(model, dict(state), frozen, str(path))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        raise CheckpointError(f"{path}: its weights do not fit its own model config "
-                              f"({lines[1] if len(lines) > 1 else lines[0]})"[:400]) from None
+    if "config" not in meta:
+        raise CheckpointError(f"{path}: its stored model config is not valid ('config')")
+    model = model_from_state(meta["config"], meta.get("frozen") or {}, state, str(path))
     return model.to(device).eval(), meta

@@ -50,6 +50,8 @@ _COMMANDS: dict[str, tuple[str, str | tuple[Callable, Callable]]] = {
               "pixelkit.data.synth"),
     "eval": ("metrics of a checkpoint on an annotation file (refer, captions, densecap, trace)",
              "pixelkit.evaluate"),
+    "export": ("a checkpoint as a Hugging Face Hub folder (safetensors, config.json, model "
+               "card); --push REPO uploads it", "pixelkit.hub"),
     "bench": ("speed benchmarks, reported as ratios measured in one run", "pixelkit.bench"),
     "demo": ("the Gradio browser demo: per-word traces, region captions, refer, dense captions",
              "pixelkit.demo"),

@@ -508,6 +508,34 @@ class Predictor:
         return cls(model, sam=sam, device=device, info={**meta, "checkpoint": str(path)},
                    **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, repo_or_dir: str | os.PathLike[str],
+                        device: str | torch.device | None = None, sam: Any = None, *,
+                        revision: str | None = None, token: str | bool | None = None,
+                        **kwargs: Any) -> Predictor:
+        """Load a model saved by ``PixelLLM.save_pretrained`` / ``push_to_hub``
+        (:func:`pixelkit.hub.load_pretrained`): the frozen pretrained parts load from their
+        sources; the tokenizer, like the architecture, comes from the saved config.
+
+        Args:
+            repo_or_dir: the folder, or a Hub id ``user/name`` (network on first use).
+            device: see :class:`Predictor`.
+            sam: see :class:`Predictor`.
+            revision: Hub branch, tag or commit.
+            token: Hub token (private repos).
+            **kwargs: other :class:`Predictor` options (``decode_options``, ``tokenizer``).
+
+        Returns:
+            The predictor; the saved info (stage, metrics, config, frozen sources) is
+            :attr:`info`.
+        """
+        from pixelkit.hub import load_pretrained
+
+        device = resolve_device(device)
+        model, meta = load_pretrained(repo_or_dir, device, revision=revision, token=token)
+        return cls(model, sam=sam, device=device,
+                   info={**meta, "checkpoint": str(repo_or_dir)}, **kwargs)
+
     # ------------------------------------------------------------------ images
     @torch.no_grad()
     def encode_images(self, images: Sequence[ImageInput]) -> list[EncodedImage]:

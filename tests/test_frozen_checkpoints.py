@@ -14,12 +14,12 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from _frozen_sources import frozen_config, make_sources
 
 from pixelkit import PixelLLM, PixelLLMConfig, Predictor
 from pixelkit.checkpoint import CheckpointError, load_model, save_model
 from pixelkit.data.datamodule import PixelDataModule, shapes_sources
 from pixelkit.data.synth import synthesize
-from pixelkit.modeling.image_encoder import build_backbone, save_timm_weights
 from pixelkit.modeling.language_model import load_language_model
 from pixelkit.modeling.tokenizer import shapes_tokenizer
 from pixelkit.stages import TraceTraining
@@ -28,24 +28,7 @@ from pixelkit.stages import TraceTraining
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny T5 saved as a local 'hub' directory and a tiny timm backbone's weights file."""
-    root = tmp_path_factory.mktemp("sources")
-    torch.manual_seed(0)
-    tiny = PixelLLMConfig.from_name("tiny")
-    lm = load_language_model(tiny.language_model)
-    lm.save_pretrained(root / "t5")
-    shapes_tokenizer().save_pretrained(root / "t5")
-    backbone = build_backbone(tiny.image_encoder.backbones[0], 64)
-    return {"lm": root / "t5", "backbone": save_timm_weights(backbone, root / "bb.safetensors")}
-
-
-def frozen_config(sources: dict[str, Path]) -> dict:
-    tiny = PixelLLMConfig.from_name("tiny")
-    backbone = {**tiny.to_dict()["image_encoder"]["backbones"][0],
-                "weights": str(sources["backbone"]), "frozen": True}
-    return {"image_encoder": {"backbones": [backbone]},
-            "language_model": {"name": str(sources["lm"]), "pretrained": True,
-                               "tokenizer": "shapes", "freeze_base": True,
-                               "lora": {"r": 4, "target_modules": ["q", "v"]}}}
+    return make_sources(tmp_path_factory.mktemp("sources"))
 
 
 def test_frozen_parts_stay_out_and_come_back(sources, tmp_path: Path) -> None:

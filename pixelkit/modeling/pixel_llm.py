@@ -19,10 +19,13 @@ label is EOS (see :mod:`pixelkit.modeling.language_model`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
 from pixelkit.config import PixelLLMConfig
@@ -80,8 +83,11 @@ def pretrained_frozen_parts(config: PixelLLMConfig) -> dict[str, dict[str, Any]]
     return parts
 
 
-class PixelLLM(nn.Module):
+class PixelLLM(nn.Module, PyTorchModelHubMixin):
     """The Pixel-Aligned Language Model.
+
+    ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` come from huggingface_hub's
+    ``PyTorchModelHubMixin``, with pixelkit's folder format (:mod:`pixelkit.hub`).
 
     Args:
         config: the model config (``PixelLLMConfig.from_name("tiny")`` for a quick one).
@@ -128,6 +134,61 @@ class PixelLLM(nn.Module):
         parts = self.pretrained_frozen() if parts is None else parts
         return {part: [k for k in keys if k.startswith(info["prefix"]) and k not in trains]
                 for part, info in parts.items()}
+
+    # ----------------------------------------------------------------- Hugging Face Hub
+    def save_pretrained(self, save_directory: str | os.PathLike[str], *,
+                        metrics: dict[str, Any] | None = None,
+                        training: dict[str, Any] | None = None, **kwargs: Any) -> str | None:
+        """Write ``model.safetensors`` (without the frozen pretrained parts), ``config.json``
+        (config, frozen sources and fingerprints, ``training`` and ``metrics``) and a model
+        card ``README.md`` (:mod:`pixelkit.hub`); the mixin's options (``push_to_hub``,
+        ``repo_id``...) as ``PyTorchModelHubMixin.save_pretrained``.
+
+        Args:
+            save_directory: the folder (created; its files replaced).
+            metrics: validation metrics, name -> value.
+            training: the recipe: stage(s), steps, data (a checkpoint's meta).
+        """
+        from pixelkit.hub import hub_config
+
+        # metrics and training ride in model_card_kwargs: push_to_hub passes only those on.
+        card = {**(kwargs.pop("model_card_kwargs", None) or {}),
+                **{k: v for k, v in (("metrics", metrics), ("training", training)) if v}}
+        # The card's usage snippet: the Hub id when there is one, else the folder.
+        card["repo_id"] = card.get("repo_id") or kwargs.get("repo_id") or str(save_directory)
+        info = {**(card.get("training") or {}),
+                **({"metrics": card["metrics"]} if card.get("metrics") else {})}
+        if kwargs.get("config") is None:
+            kwargs["config"] = hub_config(self, **info)
+        # The mixin keeps an existing README.md: the card must describe these weights.
+        Path(save_directory, "README.md").unlink(missing_ok=True)
+        return super().save_pretrained(save_directory, model_card_kwargs=card, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *, metrics: dict[str, Any] | None = None,
+                    training: dict[str, Any] | None = None, **kwargs: Any) -> str:
+        """Upload the :meth:`save_pretrained` folder to the Hub repo ``repo_id`` (created if
+        needed; needs the network and a token); other options as the mixin's."""
+        card = {**(kwargs.pop("model_card_kwargs", None) or {}), "repo_id": repo_id,
+                **{k: v for k, v in (("metrics", metrics), ("training", training)) if v}}
+        return super().push_to_hub(repo_id, model_card_kwargs=card, **kwargs)
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        """The model card (:func:`pixelkit.hub.model_card`)."""
+        from pixelkit.hub import model_card
+
+        return model_card(self, **kwargs)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        from pixelkit.hub import WEIGHTS_NAME, save_weights
+
+        save_weights(self, save_directory / WEIGHTS_NAME)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str | torch.device = "cpu",
+                         config: dict[str, Any] | None = None, **download: Any) -> PixelLLM:
+        from pixelkit.hub import load_pretrained
+
+        return load_pretrained(model_id, map_location, config, **download)[0]
 
     # ----------------------------------------------------------------- pieces
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
