@@ -79,6 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="shorter timing loops (noisier numbers)"
     )
+    parser.add_argument("--narratives", type=int, default=None,
+                        help="data_scale: narratives in the synthetic file (default 500000)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -349,6 +351,149 @@ def bench_data(args: argparse.Namespace) -> dict[str, float]:
         for key, val in cmp.items():
             out[f"{tok_name}_{key}"] = val
     return out
+
+
+def write_bench_narratives(folder: Path, num: int, num_images: int = 1000, pool: int = 1000,
+                           seed: int = 0) -> tuple[Path, Path]:
+    """A Localized Narratives ``.jsonl`` file of ``num`` narratives in the real format, and
+    ``num_images`` small JPEGs they point to (ids cycle over the images).
+
+    The narratives are the shapes world's (:func:`pixelkit.data.synth.narrative_records`,
+    ~8 KB a line; real COCO ones are a few times longer), ``pool`` distinct ones repeated
+    with distinct annotator ids, so writing 500k costs the disk, not the CPU.
+
+    Returns:
+        ``(annotation file, images folder)``.
+    """
+    from PIL import Image
+
+    from pixelkit.data.synth import narrative_records
+
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(num_images):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), np.uint8)).save(images / f"{i}.jpg")
+    bodies = []
+    for rec in narrative_records(pool, seed=seed):
+        body = {k: v for k, v in rec.items() if k not in ("dataset_id", "image_id", "annotator_id")}
+        bodies.append(json.dumps(body)[1:])  # '"caption": ..., }' after the ids
+    ann = folder / "bench_localized_narratives.jsonl"
+    with open(ann, "w") as f:
+        for i in range(num):
+            f.write(f'{{"dataset_id": "bench", "image_id": "{i % num_images}", '
+                    f'"annotator_id": {i}, {bodies[i % pool]}\n')
+    return ann, images
+
+
+def _pss_mb(pids: list[int]) -> tuple[float, float]:
+    """(sum of PSS, sum of RSS) in MB over ``pids`` (Linux ``smaps_rollup``). PSS splits a
+    shared page between the processes sharing it, so its sum counts the packed samples and
+    the libraries once; the RSS sum counts them once per process."""
+    pss = rss = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:  # the process ended
+            continue
+        fields = dict(line.split(":", 1) for line in text.splitlines()[1:])
+        pss += int(fields["Pss"].split()[0])
+        rss += int(fields["Rss"].split()[0])
+    return pss / 1024, rss / 1024
+
+
+def data_scale_bench(num: int, workers: int = 8, batches: int = 50,
+                     folder: Path | None = None) -> dict[str, float]:
+    """Reading narratives at scale: throughput, memory with workers, time to first batch.
+
+    * ``narratives_per_s``: read (streaming reader, sizes from the built index) + align
+      (text alignment to the shapes tokenizer) on one core, CPU time, over the first 20k;
+    * ``index_build_s``: the first run: read all ``num``, pack, save the packed cache and
+      the image-size index;
+    * ``first_batch_s``: a new data module on the built cache to its first batch from
+      ``workers`` workers;
+    * ``peak_rss_mb``: the data module and its workers together over ``batches`` batches:
+      the peak of the summed PSS (shared pages counted once; ``peak_rss_sum_mb`` counts
+      them per process).
+    """
+    import shutil
+    import tempfile
+    import threading
+
+    from pixelkit.data.alignment import align_caption
+    from pixelkit.data.datamodule import PixelDataModule, SourceConfig, read_source
+    from pixelkit.data.formats import iter_any
+    from pixelkit.modeling.tokenizer import load_tokenizer
+
+    own = folder is None
+    folder = Path(tempfile.mkdtemp(prefix="pixelkit-bench-")) if own else folder
+    out: dict[str, float] = {"narratives": float(num), "workers": float(workers)}
+    try:
+        t0 = time.perf_counter()
+        ann, images = write_bench_narratives(folder, num)
+        out["file_gb"] = ann.stat().st_size / 1e9
+        out["write_s"] = time.perf_counter() - t0
+        src = SourceConfig(task="trace", ann=str(ann), images=str(images))
+        t0 = time.perf_counter()
+        built = read_source(src, cache=True)
+        out["index_build_s"] = time.perf_counter() - t0
+        out["packed_mb"] = built.nbytes / 1e6
+        del built
+
+        tok = load_tokenizer("shapes")
+        with single_core():
+            stream, _ = iter_any(ann, images, strict=False, index_sizes=True)
+            c0, n = time.thread_time(), 0
+            for s in stream:
+                align_caption(s.utterances, s.utterance_boxes, tok,
+                              points=s.utterance_points, caption=s.text, method="text")
+                n += 1
+                if n >= 20000:
+                    break
+            out["narratives_per_s"] = n / max(time.thread_time() - c0, 1e-9)
+            stream.close()
+
+        peak = [0.0, 0.0]
+        done = threading.Event()
+
+        def watch() -> None:
+            me = os.getpid()
+            while not done.is_set():
+                kids = Path(f"/proc/{me}/task/{me}/children")
+                pids = [me, *map(int, kids.read_text().split())] if kids.exists() else [me]
+                pss, rss = _pss_mb(pids)
+                peak[0], peak[1] = max(peak[0], pss), max(peak[1], rss)
+                done.wait(0.2)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        t0 = time.perf_counter()
+        dm = PixelDataModule(train=[src], batch_size=32, num_workers=workers,
+                             samples_per_epoch=32 * batches, val_limit=None)
+        dm.setup("fit")
+        loader = iter(dm.train_dataloader())
+        next(loader)
+        out["first_batch_s"] = time.perf_counter() - t0
+        for _ in loader:
+            pass
+        done.set()
+        watcher.join()
+        out["peak_rss_mb"], out["peak_rss_sum_mb"] = peak
+        del loader, dm
+    finally:
+        if own:
+            shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+@register("data_scale")
+def bench_data_scale(args: argparse.Namespace) -> dict[str, float]:
+    """Narratives at scale (issue targets on 500k: narratives_per_s >= 2,000,
+    peak_rss_mb <= 3,072 with 8 workers, first_batch_s <= 60 with the index built).
+    ``--narratives N`` (default 500,000; ``--quick``: 5,000)."""
+    quick = bool(getattr(args, "quick", False))
+    num = getattr(args, "narratives", None) or (5000 if quick else 500_000)
+    return data_scale_bench(num, batches=10 if quick else 50)
 
 
 # --------------------------------------------------------------------------------------------

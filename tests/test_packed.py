@@ -214,3 +214,38 @@ def test_a_corrupt_index_is_rebuilt(tmp_path: Path, capsys) -> None:
     sizes.save()
     assert json.loads(path.read_text())["images"][str(image)][:2] == [5, 7]
     assert np.isfinite(os.stat(image).st_mtime_ns)
+
+
+def test_packed_samples_cache_is_memory_mapped_on_the_next_run(world: Path, tmp_path: Path,
+                                                               capsys) -> None:
+    ann = tmp_path / "ln.jsonl"
+    split = catalog.get("shapes/train")
+    lines = split.annotation("trace", world).read_text().splitlines(keepends=True)
+    ann.write_text("".join(lines) + "{not json\n")  # one bad line: skipped, counted
+    src = SourceConfig(task="trace", ann=str(ann), images=str(split.image_dir(world)))
+    first = read_source(src, cache=True)
+    assert "skipped 1" in capsys.readouterr().out
+    (folder,) = tmp_path.glob("ln.jsonl.samples-trace-*")
+    second = read_source(src, cache=True)
+    assert second._folder == folder and isinstance(second._bytes, np.memmap)
+    assert "skipped 1" in capsys.readouterr().out  # the report is repeated from the cache
+    assert len(second) == len(first) and all(same(a, b) for a, b in zip(first, second))
+    limited = read_source(SourceConfig(**{**src.__dict__, "limit": 2}), cache=True)
+    assert len(limited) == 2 and same(limited[1], first[1])
+    # A spawned worker gets the folder, not the bytes.
+    assert len(pickle.dumps(limited)) < 1000 and same(pickle.loads(pickle.dumps(limited))[1], first[1])
+    # A changed file is read again (another cache), never the stale one.
+    ann.write_text("".join(lines[:3]))
+    assert len(read_source(src, cache=True)) == 3
+    assert len(list(tmp_path.glob("ln.jsonl.samples-trace-*"))) == 2
+
+
+def test_an_unwritable_cache_is_a_notice(world: Path, monkeypatch, capsys) -> None:
+    src = SourceConfig(task="caption", split="shapes/val").resolved(world)
+
+    def read_only(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.mkdtemp", read_only)
+    assert len(read_source(src, cache=True)) > 0
+    assert "packed samples not cached" in capsys.readouterr().err

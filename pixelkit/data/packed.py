@@ -19,9 +19,13 @@ pickle as two buffers for spawned ones.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import struct
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from typing import overload
+from pathlib import Path
+from typing import Any, overload
 
 import numpy as np
 
@@ -88,6 +92,57 @@ class PackedSamples(Sequence[Sample]):
         self._bytes = np.frombuffer(bytes(data), np.uint8)  # bytes: read-only, one copy
         self._offsets = np.zeros(len(ends) + 1, np.int64)
         self._offsets[1:] = ends
+        self._folder: Path | None = None  # set when memory-mapped from a saved folder
+
+    # ------------------------------------------------------------------ on disk
+    def save(self, folder: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
+        """Write ``samples.npy``, ``offsets.npy`` and ``meta.json`` into ``folder``,
+        atomically (a temporary folder renamed into place: it exists whole or not at all).
+
+        Raises:
+            OSError: the parent folder is not writable.
+        """
+        folder = Path(folder)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            np.save(tmp / "samples.npy", self._bytes)
+            np.save(tmp / "offsets.npy", self._offsets)
+            (tmp / "meta.json").write_text(json.dumps({**meta, "samples": len(self)}))
+            os.replace(tmp, folder)  # fails if another process saved it first: theirs stays
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (folder / "meta.json").is_file():
+                raise
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> tuple[PackedSamples, dict[str, Any]]:
+        """The samples of :meth:`save`, memory-mapped read-only (nothing is read until a
+        sample is: the page cache holds the bytes once for every process), and the meta."""
+        folder = Path(folder)
+        self = cls.__new__(cls)
+        self._bytes = np.load(folder / "samples.npy", mmap_mode="r")
+        self._offsets = np.load(folder / "offsets.npy")
+        self._folder = folder
+        return self, json.loads((folder / "meta.json").read_text())
+
+    def head(self, n: int) -> PackedSamples:
+        """The first ``n`` samples, sharing this buffer (a source's ``limit``)."""
+        out = self.__class__.__new__(self.__class__)
+        out._bytes, out._folder = self._bytes, self._folder
+        out._offsets = self._offsets[: min(n, len(self)) + 1]
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A memory-mapped one travels to a spawned worker as its folder, not its bytes.
+        if self._folder is not None:
+            return {"folder": str(self._folder), "samples": len(self)}
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "folder" in state:
+            state = PackedSamples.load(state["folder"])[0].head(state["samples"]).__dict__
+        self.__dict__.update(state)
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
