@@ -653,7 +653,7 @@ def bench_checkpoint(args: argparse.Namespace) -> dict[str, float]:
     stand for them), counted on the meta device for the ``base`` and ``paper`` presets."""
     from pixelkit.checkpoint import checkpoint_sizes
 
-    return {f"{preset}_{k}": v for preset in ("base", "paper")
+    return {f"{preset}_checkpoint_{k}": v for preset in ("base", "paper")
             for k, v in checkpoint_sizes(preset).items()}
 
 

@@ -131,7 +131,8 @@ def fingerprint(state: Mapping[str, torch.Tensor], keys: Sequence[str]) -> str:
 def frozen_record(model: PixelLLM) -> dict[str, dict[str, Any]]:
     """What a checkpoint keeps instead of the frozen pretrained weights.
 
-    Per :meth:`PixelLLM.pretrained_frozen` part: its ``source`` (hub id or local path),
+    Per :meth:`PixelLLM.pretrained_frozen` part: its ``source`` (hub id or local path), the
+    configured ``revision`` and the hub ``commit`` it was loaded at (None for local files),
     ``kind``, the number of its keys and a ``fingerprint`` of its weights. The fingerprint
     is computed once per model (the weights are frozen: they do not change in training).
     """
@@ -144,11 +145,22 @@ def frozen_record(model: PixelLLM) -> dict[str, dict[str, Any]]:
         return cached[1]
     state = model.state_dict()
     parts = model.pretrained_frozen()
-    record = {part: {"source": parts[part]["source"], "kind": parts[part]["kind"],
+    record = {part: {"source": parts[part]["source"], "revision": parts[part]["revision"],
+                     "commit": _loaded_commit(model, part), "kind": parts[part]["kind"],
                      "num_keys": len(keys), "fingerprint": fingerprint(state, keys)}
               for part, keys in frozen.items()}
     model._frozen_record = (key, record)
     return record
+
+
+def _loaded_commit(model: PixelLLM, part: str) -> str | None:
+    """The hub commit a transformers part was downloaded at (``config._commit_hash``; None
+    for a local directory or a timm backbone): what ``revision`` resolved to."""
+    module = model.get_submodule(part)
+    inner = getattr(module, "model", None)
+    if inner is None:
+        inner = getattr(module, "encoder", None)
+    return getattr(getattr(inner, "config", None), "_commit_hash", None)
 
 
 def slim_state(model: PixelLLM, state: Mapping[str, torch.Tensor] | None = None,

@@ -68,6 +68,8 @@ class BackboneConfig:
             ``SamModel.from_pretrained``). Off: random weights from the architecture alone.
         weights: a local weights file (timm: ``.safetensors``/``.pth``) or directory (sam)
             to load instead of the hub; implies ``pretrained``.
+        revision: for ``sam`` from the hub: the branch, tag or commit to load (pins the
+            weights a checkpoint left out; timm names carry their own tag).
         image_size: the input side this backbone sees; the model's input is resized to it
             when different. ``None``: the model's ``image_size``.
         frozen: keep the weights fixed (and the module in eval mode).
@@ -79,12 +81,16 @@ class BackboneConfig:
     name: str = "vit_tiny_patch16_224"
     pretrained: bool = False
     weights: str | None = None
+    revision: str | None = None
     image_size: int | None = None
     frozen: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_choice("BackboneConfig", "kind", self.kind, ("timm", "sam"))
+        if self.revision is not None and self.kind != "sam":
+            raise ValueError("BackboneConfig.revision applies to kind 'sam' (a transformers "
+                             "hub model); a timm name carries its own tag, or use weights=")
         if self.kind == "timm":
             import timm  # local import: keeps `import pixelkit.config` light
 
@@ -219,6 +225,8 @@ class LanguageModelConfig:
         name: hub id or local directory for ``from_pretrained``; also the key for the
             built-in architecture table used when ``pretrained`` is off and ``arch`` empty.
         pretrained: load the weights with ``from_pretrained(name)``.
+        revision: the hub branch, tag or commit of ``name`` to load (``None``: the default
+            branch); pins the weights a checkpoint leaves out when the base LM is frozen.
         arch: architecture kwargs for ``AutoConfig.for_model`` (must include ``model_type``)
             used when not pretrained; ``vocab_size`` defaults to the tokenizer's size.
         tokenizer: ``"shapes"`` (built-in word-level tokenizer of the shapes world), a hub
@@ -234,6 +242,7 @@ class LanguageModelConfig:
     family: Literal["seq2seq", "causal"] = "seq2seq"
     name: str = "google/flan-t5-base"
     pretrained: bool = False
+    revision: str | None = None
     arch: dict[str, Any] = field(default_factory=dict)
     tokenizer: str | None = None
     freeze_base: bool = True

@@ -42,3 +42,16 @@ def test_attention_bench_quick_writes_its_figures(tmp_path: Path) -> None:
     for key in ("tiny_forward_ms", "tiny_attention_ms", "tiny_attention_mb"):
         assert results[key] > 0, key
     assert math.isfinite(results["tiny_attention_overhead"])
+
+
+def test_data_scale_bench_small(tmp_path: Path) -> None:
+    """The data_scale figures on a 400-narrative file with 2 workers (the bench's own path;
+    the 500k figures are the README's)."""
+    from pixelkit.bench import data_scale_bench
+
+    out = data_scale_bench(400, workers=2, batches=2, folder=tmp_path)
+    for key in ("narratives_per_s", "index_build_s", "first_batch_s", "peak_rss_mb",
+                "peak_rss_sum_mb", "packed_mb", "file_gb"):
+        assert math.isfinite(out[key]) and out[key] > 0, key
+    assert out["peak_rss_mb"] <= out["peak_rss_sum_mb"]  # PSS splits shared pages
+    assert list(tmp_path.glob("*.samples-trace-*"))  # the cache the first batch came from

@@ -21,6 +21,7 @@ from pixelkit.checkpoint import CheckpointError, load_model, save_model
 from pixelkit.data.datamodule import PixelDataModule, shapes_sources
 from pixelkit.data.synth import synthesize
 from pixelkit.modeling.language_model import load_language_model
+from pixelkit.modeling.pixel_llm import pretrained_frozen_parts
 from pixelkit.modeling.tokenizer import shapes_tokenizer
 from pixelkit.stages import TraceTraining
 
@@ -106,3 +107,18 @@ def test_paper_checkpoint_ratio_on_meta() -> None:
     assert paper["full_gb"] > 10  # Flan-T5-XL + SAM ViT-H + EVA02-L in fp32
     assert paper["ratio"] <= 0.15
     assert checkpoint_sizes("tiny")["ratio"] == 1.0  # nothing frozen from a source
+
+
+def test_the_record_names_source_and_revision(sources) -> None:
+    from pixelkit.checkpoint import frozen_record
+    from pixelkit.config import BackboneConfig
+
+    model = PixelLLM(PixelLLMConfig.from_name("tiny", frozen_config(sources)))
+    lm = frozen_record(model)["language_model"]
+    # a local directory: no hub revision to pin, no commit it was downloaded at
+    assert lm["source"] == str(sources["lm"]) and lm["revision"] is None and lm["commit"] is None
+    assert len(lm["fingerprint"]) == 64 and lm["num_keys"] > 0
+    paper = PixelLLMConfig.from_name("paper", {"language_model": {"revision": "v1.0"}})
+    assert pretrained_frozen_parts(paper)["language_model"]["revision"] == "v1.0"
+    with pytest.raises(ValueError, match="revision applies to kind 'sam'"):
+        BackboneConfig(name="resnet18", revision="main")

@@ -114,7 +114,7 @@ class SamBackbone(Backbone):
         self.image_size = cfg.image_size or image_size
         source = cfg.weights or cfg.name
         if cfg.pretrained or cfg.weights is not None:
-            sam = SamModel.from_pretrained(source)
+            sam = SamModel.from_pretrained(source, revision=cfg.revision)
             encoder = sam.vision_encoder
             if encoder.config.image_size != self.image_size:
                 encoder = _resize_sam_encoder(encoder, self.image_size)

@@ -74,7 +74,7 @@ def resolve_lm_config(cfg: LanguageModelConfig, vocab_size: int | None = None) -
     ``AutoConfig.from_pretrained(name)`` (hub or local directory)."""
     arch = dict(cfg.arch) or known_config(cfg.name)
     if arch is None:
-        return AutoConfig.from_pretrained(cfg.name)
+        return AutoConfig.from_pretrained(cfg.name, revision=cfg.revision)
     if "vocab_size" not in arch:
         if vocab_size is None:
             from pixelkit.modeling.tokenizer import load_tokenizer
@@ -96,7 +96,7 @@ def load_language_model(cfg: LanguageModelConfig, vocab_size: int | None = None)
     auto = AutoModelForSeq2SeqLM if cfg.family == "seq2seq" else AutoModelForCausalLM
     if cfg.pretrained:
         try:
-            return auto.from_pretrained(cfg.name)
+            return auto.from_pretrained(cfg.name, revision=cfg.revision)
         except ValueError as err:
             if "Unrecognized configuration class" not in str(err):
                 raise

@@ -68,18 +68,19 @@ def pretrained_frozen_parts(config: PixelLLMConfig) -> dict[str, dict[str, Any]]
     LoRA adapters and everything trainable stay in the checkpoint.
 
     Returns:
-        part name -> ``prefix`` (of its state-dict keys), ``source`` and ``kind``.
+        part name -> ``prefix`` (of its state-dict keys), ``source``, ``revision`` (the
+        configured hub revision, or None) and ``kind``.
     """
     parts: dict[str, dict[str, Any]] = {}
     for i, b in enumerate(config.image_encoder.backbones):
         if b.frozen and (b.pretrained or b.weights):
             parts[f"image_encoder.backbones.{i}"] = {
                 "prefix": f"image_encoder.backbones.{i}.", "source": b.weights or b.name,
-                "kind": b.kind}
+                "revision": None if b.weights else b.revision, "kind": b.kind}
     lm = config.language_model
     if lm.pretrained and lm.freeze_base:
         parts["language_model"] = {"prefix": "language_model.model.", "source": lm.name,
-                                   "kind": "transformers"}
+                                   "revision": lm.revision, "kind": "transformers"}
     return parts
 
 
