@@ -24,6 +24,11 @@ Benches:
     attention: what attention maps per word cost (:func:`attention_bench`): a teacher-forced
         pass with eager attention returning every weight against the usual sdpa pass, for
         the tiny preset and a Flan-T5-base shaped LM.
+    checkpoint: checkpoint size without the frozen pretrained weights (meta device).
+    real_step: ms per training step of the ``base`` preset at real sizes (384 px,
+        ViT-B/16, Flan-T5-base width) at random initialisation, bf16-mixed autocast on the
+        CPU, batch 2 (:func:`real_step_bench`): what ``tests/test_real_configs.py`` runs
+        two of per real config, measured here rather than asserted there.
 
 Run through the ``pixelkit`` command, the process keeps freed memory for reuse
 (:mod:`pixelkit.runtime`, recorded as ``meta.keep_freed_memory`` in the JSON);
@@ -537,6 +542,22 @@ def _ms(times: list[float]) -> float:
     return 1e3 * float(np.median(times))
 
 
+
+def _train_batch(model: Any, batch: int, tokens: int) -> tuple[Any, ...]:
+    """A random trace-training batch at the model's input size, and an AdamW on what it
+    trains: ``(images, labels, point_targets, point_mask, optimizer)``."""
+    import torch
+
+    size = model.config.image_size
+    images = torch.rand(batch, 3, size, size)
+    labels = torch.randint(3, model.language_model.vocab_size, (batch, tokens))
+    labels[:, -1] = model.language_model.eos_id
+    targets = torch.rand(batch, tokens, 4)
+    point_mask = torch.ones(batch, tokens, dtype=torch.long)
+    point_mask[:, 0] = 0  # position 0's input is the start token: no location
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    return images, labels, targets, point_mask, opt
+
 def model_bench(reps: int = 21, tokens: int = 32, prompts: int = 32, train_batch: int = 8,
                 seed: int = 0) -> dict[str, float]:
     """Decoding, batched prompts and training-step timings of the tiny preset on one core.
@@ -620,15 +641,7 @@ def model_bench(reps: int = 21, tokens: int = 32, prompts: int = 32, train_batch
 
     # --- training step: trace (caption CE + point L1) against caption-only.
     model.train()
-    V = model.language_model.vocab_size
-    L = tokens
-    images = torch.rand(train_batch, 3, 64, 64)
-    labels = torch.randint(3, V, (train_batch, L))
-    labels[:, -1] = model.language_model.eos_id
-    targets = torch.rand(train_batch, L, 4)
-    point_mask = torch.ones(train_batch, L, dtype=torch.long)
-    point_mask[:, 0] = 0  # position 0's input is the start token: no location
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    images, labels, targets, point_mask, opt = _train_batch(model, train_batch, tokens)
 
     def step(trace: bool) -> None:
         opt.zero_grad(set_to_none=True)
@@ -739,3 +752,55 @@ def bench_attention(args: argparse.Namespace) -> dict[str, float]:
         if getattr(args, "quick", False):
             return attention_bench(reps=2, models=("tiny",))
         return attention_bench()
+
+
+def real_step_bench(reps: int = 3, batch: int = 2, tokens: int = 24,
+                    seed: int = 0) -> dict[str, float]:
+    """One training step of the ``base`` preset (384 px, ViT-B/16, Flan-T5-base width) at
+    random initialisation, under bf16-mixed autocast on the CPU, as ``real/*.yaml`` trains.
+
+    The step is a trace step (text cross-entropy and point L1, backward, AdamW on what the
+    preset trains: the ViT, the extractor, LoRA); ``tokens`` target tokens per row. The
+    model is built with no download (the LM's architecture from the built-in table, its
+    vocabulary Flan-T5's 32128 ids). One warm-up step, then the median of ``reps``; the
+    process's own thread count (``threads``): this is an absolute figure, not a ratio.
+
+    Returns:
+        ``{"real_step_ms", "real_step_min_ms", "threads", "batch", "tokens", "reps"}``.
+    """
+    import torch
+
+    from pixelkit.config import PixelLLMConfig
+    from pixelkit.modeling.pixel_llm import PixelLLM
+
+    torch.manual_seed(seed)
+    config = PixelLLMConfig.from_name("base").without_pretrained()
+    model = PixelLLM(config).train()
+    images, labels, targets, point_mask, opt = _train_batch(model, batch, tokens)
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        # What Lightning's ``precision: bf16-mixed`` does on a CPU: autocast the forward.
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(images, labels=labels, point_targets=targets,
+                         point_mask=point_mask).loss
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t0
+
+    step()  # warm-up: first-call allocations and kernel selection
+    times = [step() for _ in range(reps)]
+    return {"real_step_ms": _ms(times), "real_step_min_ms": 1000 * min(times),
+            "threads": float(torch.get_num_threads()), "batch": float(batch),
+            "tokens": float(tokens), "reps": float(reps)}
+
+
+@register("real_step")
+def bench_real_step(args: argparse.Namespace) -> dict[str, float]:
+    """ms per training step of the ``base`` preset at real sizes (bf16-mixed, CPU, batch 2).
+
+    Full: 2 timed steps (about 2 minutes on a busy 2-core VM, model build included).
+    ``--quick``: 1 timed step.
+    """
+    return real_step_bench(reps=1 if getattr(args, "quick", False) else 2)

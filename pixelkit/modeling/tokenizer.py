@@ -9,6 +9,7 @@ the causal paths treat it exactly like a real tokenizer. Unknown words map to ``
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -33,13 +34,28 @@ def shapes_tokenizer() -> PreTrainedTokenizerFast:
     """The word-level tokenizer of the shapes world (built in memory, cached).
 
     Returns:
+        :func:`word_tokenizer` of :data:`SHAPES_WORDS`.
+    """
+    return word_tokenizer(SHAPES_WORDS)
+
+
+def word_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
+    """A word-level fast tokenizer of a closed vocabulary, with T5's special ids.
+
+    Args:
+        words: the vocabulary (lower-case words and punctuation; repeats are dropped).
+
+    Returns:
         A fast tokenizer: lower-cases, splits on whitespace and punctuation, appends
-        ``</s>`` to every encoded text, and decodes with spaces between words.
+        ``</s>`` to every encoded text, and decodes with spaces between words. Ids follow
+        :data:`SPECIAL_TOKENS` then ``words`` in order, so it fits any T5 architecture
+        whose vocabulary is at least that large (``save_pretrained`` it to point
+        ``language_model.tokenizer`` at it with no download).
     """
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + SHAPES_WORDS)}
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys((*SPECIAL_TOKENS, *words)))}
     tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
