@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import csv
 import json
 import logging
@@ -37,6 +38,7 @@ import math
 import shutil
 import statistics
 import time
+import typing
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -166,15 +168,32 @@ def _nested_model(overrides: Mapping[str, Any], prefix: str = "model") -> dict[s
 
     def walk(tree: Mapping[str, Any], cls: type, path: str) -> None:
         fields = _dataclass_fields(cls)
+        hints = typing.get_type_hints(cls)
         for key, value in tree.items():
             sub = fields.get(key)
             if sub is not None and isinstance(value, Mapping):
                 walk(value, sub, f"{path}.{key}")
+            elif isinstance(value, list) and key in hints:
+                flat[f"{path}.{key}"] = [_without_default_nones(item, hints[key])
+                                         for item in value]
             else:
                 flat[f"{path}.{key}"] = value
 
     walk(overrides, PixelLLMConfig, prefix)
     return flat
+
+
+def _without_default_nones(item: Any, hint: Any) -> Any:
+    """A list item of sub-configs (``image_encoder.backbones``) without its None fields whose
+    default is None: the same item (an absent field takes its default), but jsonargparse
+    (4.4x) refuses ``null`` for an optional field inside a list given on its command line,
+    which is how :func:`resolve_run` passes overrides (e.g. ``BackboneConfig.to_dict()``'s
+    ``"image_size": null``)."""
+    (element,) = typing.get_args(hint) or (None,)
+    if not (isinstance(item, Mapping) and dataclasses.is_dataclass(element)):
+        return item
+    none_default = {f.name for f in dataclasses.fields(element) if f.default is None}
+    return {k: v for k, v in item.items() if not (v is None and k in none_default)}
 
 
 def run_keys(settings: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,

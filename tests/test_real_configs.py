@@ -189,11 +189,8 @@ def test_a_real_config_runs_two_steps(stage: str, real_root: tuple[Path, Path],
             assert catalog.get(split).annotation(task, root).is_file(), split
     # The base preset's architecture at random initialisation: its backbones with the
     # pretrained flags off (a list: given whole), the LM from its built-in architecture.
-    # Unset (None) backbone fields are left out: an explicit null inside a list item on
-    # LightningCLI's command line fails to parse ("Expected a <class 'int'>").
     base = PixelLLMConfig.from_name("base").without_pretrained().to_dict()
-    backbones = [{k: v for k, v in b.items() if v is not None}
-                 for b in base["image_encoder"]["backbones"]]
+    backbones = base["image_encoder"]["backbones"]
     run = runs.run_stage(
         f"real/{stage}", out=tmp_path, data_root=root, steps=2, batch_size=2, val_limit=2,
         accelerator="cpu", precision="bf16-mixed", wandb=False, prediction_images=False,

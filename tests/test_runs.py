@@ -11,7 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
-from pixelkit import runs
+from pixelkit import PixelLLMConfig, runs
 from pixelkit.cli import main
 from pixelkit.data import catalog
 from pixelkit.data.synth import synthesize
@@ -63,6 +63,17 @@ def test_resolve_run_applies_each_setting_once(tmp_path: Path, world: Path) -> N
     # init_from: previous -> the caption stage's last checkpoint under <out>/runs
     assert with_wandb.config["model"]["init_args"]["init_from"] == str(
         tmp_path.resolve() / "runs" / "caption" / "checkpoints" / "last.ckpt")
+
+
+def test_a_list_of_sub_configs_takes_their_dict_form(tmp_path: Path, world: Path) -> None:
+    """A backbone as BackboneConfig.to_dict() gives it, unset (None) fields included."""
+    backbone = PixelLLMConfig.from_name("tiny").to_dict()["image_encoder"]["backbones"][0]
+    assert backbone["image_size"] is None and backbone["weights"] is None
+    run = runs.resolve_run("trace", out=tmp_path, data_root=world, wandb=False,
+                           model={"image_encoder": {"backbones": [{**backbone, "frozen": True}]}},
+                           **SMALL)
+    (got,) = run.config["model"]["init_args"]["model"]["image_encoder"]["backbones"]
+    assert got["frozen"] is True and got["image_size"] is None and got["name"] == backbone["name"]
 
 
 def test_a_value_set_twice_or_unknown_is_an_error(tmp_path: Path, world: Path) -> None:
