@@ -558,6 +558,7 @@ def _train_batch(model: Any, batch: int, tokens: int) -> tuple[Any, ...]:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     return images, labels, targets, point_mask, opt
 
+
 def model_bench(reps: int = 21, tokens: int = 32, prompts: int = 32, train_batch: int = 8,
                 seed: int = 0) -> dict[str, float]:
     """Decoding, batched prompts and training-step timings of the tiny preset on one core.
