@@ -45,6 +45,11 @@ class Backbone(nn.Module, abc.ABC):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, s, s) normalised -> (B, C, h, w)."""
 
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The repeated transformer blocks (FSDP units, activation checkpointing); none for
+        a ConvNet, whose stages stay in the enclosing unit."""
+        return []
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Args: images (B, 3, S, S) in [0, 1]. Returns (B, C, h, w)."""
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
@@ -91,6 +96,10 @@ class TimmBackbone(Backbone):
             model, "feature_info") else int(model.num_features)
         self.train()  # a frozen one starts in eval mode (see Backbone.train)
 
+    def transformer_blocks(self) -> list[nn.Module]:
+        # timm's ViTs (EVA02 included) keep theirs in ``blocks``; ConvNets have none.
+        return list(getattr(self.model, "blocks", None) or [])
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         (feat,) = self.model.forward_intermediates(
             x, indices=1, norm=True, intermediates_only=True, output_fmt="NCHW"
@@ -127,6 +136,9 @@ class SamBackbone(Backbone):
         self.frozen = cfg.frozen
         self.out_channels = int(encoder.config.output_channels)
         self.train()  # a frozen one starts in eval mode (see Backbone.train)
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        return list(self.encoder.layers)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(pixel_values=x).last_hidden_state

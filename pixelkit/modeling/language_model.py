@@ -218,6 +218,12 @@ class LanguageModel(nn.Module):
         """The underlying transformers model (unwrapping peft)."""
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The LM's layers: the modules of the classes its ``transformers`` model names in
+        ``_no_split_modules`` (``T5Block`` for T5: encoder and decoder blocks)."""
+        names = set(getattr(self._base(), "_no_split_modules", None) or [])
+        return [m for m in self.model.modules() if type(m).__name__ in names]
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> input embeddings (B, T, D)."""
         return self.model.get_input_embeddings()(ids)

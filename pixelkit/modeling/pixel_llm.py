@@ -59,6 +59,17 @@ class PixelLLMOutput:
     proposals: list[dict[str, torch.Tensor]] | None = None
 
 
+#: Module names that FSDP and activation checkpointing insert above a wrapped module.
+WRAPPER_NAMES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def unwrapped_name(name: str) -> str:
+    """A parameter name without the wrappers' module names (as the state dict spells it)."""
+    for wrapper in WRAPPER_NAMES:
+        name = name.replace(wrapper, "")
+    return name
+
+
 def pretrained_frozen_parts(config: PixelLLMConfig) -> dict[str, dict[str, Any]]:
     """The parts of a model whose weights come, frozen, from a pretrained source.
 
@@ -130,11 +141,32 @@ class PixelLLM(nn.Module, PyTorchModelHubMixin):
         Args:
             parts: the parts (default :meth:`pretrained_frozen`).
         """
-        trains = {n for n, p in self.named_parameters() if p.requires_grad}
-        keys = list(self.state_dict().keys())
+        # Parameter names as the state dict spells them: under FSDP and activation
+        # checkpointing, named_parameters() carries the wrappers' module names.
+        trains = {unwrapped_name(n) for n, p in self.named_parameters() if p.requires_grad}
+        keys = self.state_keys()
         parts = self.pretrained_frozen() if parts is None else parts
         return {part: [k for k in keys if k.startswith(info["prefix"]) and k not in trains]
                 for part, info in parts.items()}
+
+    def state_keys(self) -> list[str]:
+        """The state dict's keys, read once: a model's keys never change after it is built,
+        and once FSDP has wrapped it, ``state_dict()`` would all-gather every weight (a
+        collective) just to name them. :class:`pixelkit.stages.PixelLLMStage` reads them in
+        ``setup``, before any strategy wraps the model."""
+        if getattr(self, "_state_keys", None) is None:
+            self._state_keys = list(self.state_dict().keys())
+        return self._state_keys
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The repeated transformer blocks of every part: the ViT / SAM blocks of the image
+        encoder, the extractor's two-way blocks and the LM's layers (``T5Block``). FSDP
+        shards and activation checkpointing recomputes module by module, these modules
+        (:mod:`pixelkit.distributed`)."""
+        blocks = [b for backbone in self.image_encoder.backbones
+                  for b in backbone.transformer_blocks()]
+        return blocks + self.extractor.transformer_blocks() \
+            + self.language_model.transformer_blocks()
 
     # ----------------------------------------------------------------- Hugging Face Hub
     def save_pretrained(self, save_directory: str | os.PathLike[str], *,

@@ -106,6 +106,10 @@ class PromptFeatureExtractor(nn.Module):
             self.image_to_lm = nn.Linear(d, lm_width)
         self.num_queries = cfg.num_queries
 
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The two-way blocks."""
+        return list(self.blocks)
+
     def forward(self, features: torch.Tensor, prompt_tokens: torch.Tensor,
                 dense_pe: torch.Tensor, image_index: torch.Tensor | None = None) -> torch.Tensor:
         """Extract visual tokens.

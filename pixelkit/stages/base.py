@@ -28,6 +28,7 @@ from torchvision.ops import box_iou
 from pixelkit.checkpoint import (
     META_KEY,
     checkpoint_meta,
+    frozen_record,
     read_checkpoint,
     restore_frozen,
     slim_state,
@@ -142,10 +143,18 @@ class PixelLLMStage(L.LightningModule):
                        (checkpoint.get(META_KEY) or {}).get("frozen") or {}, "the checkpoint",
                        prefix="model.")
 
+    def setup(self, stage: str) -> None:
+        # Lightning calls this before the strategy wraps the model. Under FSDP each rank then
+        # holds a shard of every weight under wrapper names, so what needs the whole model is
+        # read now: the state dict's keys and the frozen parts' fingerprints that every
+        # checkpoint save uses (both cached on the model), and the parameter counts.
+        frozen_record(self.model)
+        self._parameter_summary = format_summary(parameter_summary(self.model))
+
     def on_fit_start(self) -> None:
         if self.global_rank == 0:
             print(f"[pixelkit] stage {self.stage_name}: parameters\n"
-                  f"{format_summary(parameter_summary(self.model))}")
+                  f"{self._parameter_summary}")
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and getattr(dm.hparams, "image_size", None) not in (None, self.config.image_size):
             raise ValueError(f"data.image_size={dm.hparams.image_size} but the model's "
