@@ -20,7 +20,7 @@ CORE_TESTS := tests/test_modeling.py tests/test_decoding.py tests/test_stages.py
 	tests/test_formats.py tests/test_alignment.py tests/test_datamodule.py \
 	tests/test_transforms.py tests/test_synth.py tests/test_inspect.py tests/test_runtime.py \
 	tests/test_fuzz_readers.py tests/test_resume.py tests/test_robustness.py tests/test_runs.py \
-	tests/test_packed.py tests/test_frozen_checkpoints.py tests/test_hub.py \
+	tests/test_packed.py tests/test_frozen_checkpoints.py tests/test_hub.py tests/test_distributed.py \
 	tests/test_install.py::test_core_runs_without_the_extras
 
 .PHONY: setup test test-min lock quickstart clean
