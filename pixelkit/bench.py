@@ -8,6 +8,7 @@ Usage::
 
     pixelkit bench                      # every bench, bench.json written
     pixelkit bench --only data --quick  # one bench, shorter timing loops
+    pixelkit bench --only gpu --smoke   # the GPU bench's code path on the CPU, tiny shapes
 
 Benches:
     data: Localized Narratives trace-to-token alignment (:mod:`pixelkit.data.alignment`),
@@ -29,6 +30,13 @@ Benches:
         ViT-B/16, Flan-T5-base width) at random initialisation, bf16-mixed autocast on the
         CPU, batch 2 (:func:`real_step_bench`): what ``tests/test_real_configs.py`` runs
         two of per real config, measured here rather than asserted there.
+    gpu: one CUDA GPU (:func:`gpu_bench`): ``base`` preset training step time, images/s,
+        MFU and peak memory, eager and compiled; the ``paper`` preset's largest batch with
+        activation checkpointing; Predictor captions and box prompts per second.
+        ``--smoke`` runs it on the CPU with tiny shapes; skipped without CUDA otherwise.
+
+A bench may add facts about its run (device, why a figure is NaN) with :func:`record_meta`
+(``meta.benches`` in the JSON), and raise :class:`SkipBench` when it cannot run here.
 
 Run through the ``pixelkit`` command, the process keeps freed memory for reuse
 (:mod:`pixelkit.runtime`, recorded as ``meta.keep_freed_memory`` in the JSON);
@@ -59,6 +67,19 @@ BenchFn = Callable[[argparse.Namespace], dict[str, float]]
 #: name -> benchmark. Each returns ``{metric: value}`` (floats).
 BENCHES: dict[str, BenchFn] = {}
 
+#: bench name -> what its figures need besides numbers (device, presets, why a figure is
+#: NaN), filled through :func:`record_meta` during a run and written under ``meta.benches``.
+_BENCH_META: dict[str, dict[str, Any]] = {}
+
+
+class SkipBench(Exception):
+    """Raised by a bench that cannot run here (e.g. no GPU): reported, not a failure."""
+
+
+def record_meta(bench: str, **info: Any) -> None:
+    """Add JSON-safe facts about ``bench``'s run to the JSON file's ``meta.benches``."""
+    _BENCH_META.setdefault(bench, {}).update(info)
+
 
 def register(name: str) -> Callable[[BenchFn], BenchFn]:
     """Decorator adding a benchmark to :data:`BENCHES` under ``name``."""
@@ -86,6 +107,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--narratives", type=int, default=None,
                         help="data_scale: narratives in the synthetic file (default 500000)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="gpu: the same code path on the CPU with tiny shapes and 2 steps")
+    parser.add_argument("--budget-s", type=float, default=420.0,
+                        help="gpu: seconds for the whole bench (default 420); the paper "
+                             "preset's batch-size search stops when it runs out")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,10 +130,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     results: dict[str, dict[str, float]] = {}
     failed = False
+    _BENCH_META.clear()
     for name in names:
         t0 = time.perf_counter()
         try:
             results[name] = {k: float(v) for k, v in BENCHES[name](args).items()}
+        except SkipBench as why:
+            print(f"pixelkit bench: {name} skipped: {why}", file=sys.stderr)
+            record_meta(name, skipped=str(why))
+            continue
         except Exception as err:  # noqa: BLE001 - report it and go on with the other benches
             print(f"pixelkit bench: {name} failed: {err!r}", file=sys.stderr)
             failed = True
@@ -124,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
             "quick": bool(getattr(args, "quick", False)),
             # glibc keeps freed buffers for reuse (pixelkit.runtime; the CLI's default).
             "keep_freed_memory": keeps_freed_memory(),
+            "benches": dict(_BENCH_META),
         },
         "results": results,
     }
@@ -542,21 +574,56 @@ def _ms(times: list[float]) -> float:
     return 1e3 * float(np.median(times))
 
 
+def synthetic_train_batch(model: Any, batch_size: int, tokens: int,
+                          device: Any = "cpu") -> dict[str, Any]:
+    """A random trace-training batch for ``model`` (its image size and vocabulary).
 
-def _train_batch(model: Any, batch: int, tokens: int) -> tuple[Any, ...]:
-    """A random trace-training batch at the model's input size, and an AdamW on what it
-    trains: ``(images, labels, point_targets, point_mask, optimizer)``."""
+    Args:
+        model: a :class:`~pixelkit.modeling.pixel_llm.PixelLLM`.
+        batch_size: B images, one narrative each.
+        tokens: L target tokens per narrative (the last one EOS).
+        device: where the tensors are made.
+
+    Returns:
+        :meth:`PixelLLM.forward` keyword arguments: ``images`` (B, 3, S, S) in [0, 1],
+        ``labels`` (B, L), ``point_targets`` (B, L, 4), ``point_mask`` (B, L).
+    """
     import torch
 
-    size = model.config.image_size
-    images = torch.rand(batch, 3, size, size)
-    labels = torch.randint(3, model.language_model.vocab_size, (batch, tokens))
+    B, L, S = batch_size, tokens, model.config.image_size
+    labels = torch.randint(3, model.language_model.vocab_size, (B, L), device=device)
     labels[:, -1] = model.language_model.eos_id
-    targets = torch.rand(batch, tokens, 4)
-    point_mask = torch.ones(batch, tokens, dtype=torch.long)
+    point_mask = torch.ones(B, L, dtype=torch.long, device=device)
     point_mask[:, 0] = 0  # position 0's input is the start token: no location
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    return images, labels, targets, point_mask, opt
+    return {"images": torch.rand(B, 3, S, S, device=device), "labels": labels,
+            "point_targets": torch.rand(B, L, 4, device=device), "point_mask": point_mask}
+
+
+def train_step(model: Any, opt: Any, batch: dict[str, Any], trace: bool = True,
+               amp_device: str | None = None) -> None:
+    """One training step: forward, backward, optimizer step.
+
+    Args:
+        model: a PixelLLM (or its ``torch.compile`` wrapper).
+        opt: the optimizer of its trainable parameters.
+        batch: from :func:`synthetic_train_batch`.
+        trace: caption CE + point L1; False: caption-only (``return_points=False``, no
+            point targets: the point head does not run).
+        amp_device: ``"cuda"`` / ``"cpu"``: under ``torch.autocast`` in bf16, as Lightning's
+            ``bf16-mixed`` precision runs a step; None: full precision.
+    """
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    amp = (torch.autocast(amp_device, dtype=torch.bfloat16) if amp_device
+           else contextlib.nullcontext())
+    with amp:
+        if trace:
+            loss = model(**batch).loss
+        else:
+            loss = model(batch["images"], labels=batch["labels"], return_points=False).loss
+    loss.backward()
+    opt.step()
 
 
 def model_bench(reps: int = 21, tokens: int = 32, prompts: int = 32, train_batch: int = 8,
@@ -642,18 +709,10 @@ def model_bench(reps: int = 21, tokens: int = 32, prompts: int = 32, train_batch
 
     # --- training step: trace (caption CE + point L1) against caption-only.
     model.train()
-    images, labels, targets, point_mask, opt = _train_batch(model, train_batch, tokens)
-
-    def step(trace: bool) -> None:
-        opt.zero_grad(set_to_none=True)
-        if trace:
-            loss = model(images, labels=labels, point_targets=targets, point_mask=point_mask).loss
-        else:
-            loss = model(images, labels=labels, return_points=False).loss
-        loss.backward()
-        opt.step()
-
-    t = interleaved_times({"caption": lambda: step(False), "trace": lambda: step(True)}, reps)
+    batch = synthetic_train_batch(model, train_batch, tokens)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    t = interleaved_times({"caption": lambda: train_step(model, opt, batch, trace=False),
+                           "trace": lambda: train_step(model, opt, batch)}, reps)
     model.eval()
     out["train_caption_step_ms"] = _ms(t["caption"])
     out["train_trace_step_ms"] = _ms(t["trace"])
@@ -755,6 +814,351 @@ def bench_attention(args: argparse.Namespace) -> dict[str, float]:
         return attention_bench()
 
 
+# --------------------------------------------------------------------------------------------
+# gpu bench
+# --------------------------------------------------------------------------------------------
+
+#: Modules the GPU bench must not import: the lent GPU machine has only torch, lightning,
+#: transformers, peft and timm (and their dependencies). Checked by tests/test_bench.py.
+GPU_BENCH_FORBIDDEN_MODULES = ("gradio", "wandb", "pycocoevalcap", "pandas", "matplotlib")
+
+
+def activation_checkpointing(model: Any, enable: bool = True) -> list[str]:
+    """Switch the libraries' own activation checkpointing on (or off) in ``model``.
+
+    Trainable timm backbones through ``set_grad_checkpointing``, transformers ones and the
+    LM through ``gradient_checkpointing_enable`` (non-reentrant: the frozen LM's inputs
+    need not require grad). Frozen backbones run without autograd (``Backbone.forward``)
+    and keep no activations, so they are left alone.
+
+    Args:
+        model: a :class:`~pixelkit.modeling.pixel_llm.PixelLLM`.
+        enable: on, or back off.
+
+    Returns:
+        The parts switched (``image_encoder.backbones.1``, ``language_model``).
+    """
+    parts: list[Any] = [(f"image_encoder.backbones.{i}", getattr(b, "model", None)
+                         or getattr(b, "encoder", None))
+                        for i, b in enumerate(model.image_encoder.backbones) if not b.frozen]
+    parts.append(("language_model", model.language_model._base()))
+    switched = []
+    for name, module in parts:
+        if hasattr(module, "set_grad_checkpointing"):  # timm
+            module.set_grad_checkpointing(enable)
+        elif hasattr(module, "activation_checkpointing_enable"):  # transformers >= 5.x
+            if enable:
+                module.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                module.activation_checkpointing_disable()
+        elif hasattr(module, "gradient_checkpointing_enable"):  # older transformers
+            if enable:
+                module.gradient_checkpointing_enable({"use_reentrant": False})
+            else:
+                module.gradient_checkpointing_disable()
+        else:
+            continue
+        switched.append(name)
+    return switched
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_training(model: Any, batch: dict[str, Any], device: Any, warmup: int, steps: int,
+                  compile: bool = False) -> dict[str, float]:
+    """Wall time of training steps (:func:`train_step`, bf16 autocast, AdamW as the stages
+    use it), the warm-up excluded, the device synchronised around the timed loop.
+
+    Args:
+        model: a PixelLLM in train mode on ``device``.
+        batch: from :func:`synthetic_train_batch`, on ``device``.
+        device: a ``torch.device``.
+        warmup: untimed steps first (>= 1; the first one compiles with ``compile``).
+        steps: timed steps.
+        compile: run the step through ``torch.compile(model)``.
+
+    Returns:
+        ``step_ms``, ``images_per_s``, ``first_step_s`` (the first step alone: with
+        ``compile``, mostly compilation) and ``peak_mem_gib``
+        (``torch.cuda.max_memory_allocated`` over the warm-up and timed steps; NaN on a
+        CPU).
+    """
+    import torch
+
+    cuda = device.type == "cuda"
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    fn = torch.compile(model) if compile else model
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for i in range(max(1, warmup)):
+        train_step(fn, opt, batch, amp_device=device.type)
+        if i == 0:
+            _sync(device)
+            first = time.perf_counter() - t0
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        train_step(fn, opt, batch, amp_device=device.type)
+    _sync(device)
+    step_s = (time.perf_counter() - t0) / steps
+    return {"step_ms": 1e3 * step_s, "images_per_s": batch["images"].shape[0] / step_s,
+            "first_step_s": first,
+            "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else math.nan}
+
+
+def _counted_flops(model: Any, batch: dict[str, Any], device: Any) -> float:
+    """:meth:`PixelLLM.estimate_flops` of ``batch`` under the timed steps' autocast."""
+    import torch
+
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        return float(model.estimate_flops(batch))
+
+
+def _build_on(config: Any, device: Any) -> Any:
+    """A random-init PixelLLM built directly on ``device`` (no host copy of the weights)."""
+    import warnings
+
+    import torch
+
+    from pixelkit.modeling.pixel_llm import PixelLLM
+
+    with torch.device(device), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        return PixelLLM(config.without_pretrained()).train()
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def largest_batch(try_batch: Callable[[int], dict[str, float] | None], start: int,
+                  max_batch: int, deadline: float) -> tuple[int, dict[str, float] | None, list[int]]:
+    """The largest batch size that fits: doubling from ``start`` until a try fails (or
+    ``max_batch``), halving if ``start`` fails, then bisecting to within 1/8.
+
+    Args:
+        try_batch: runs a batch size; its figures, or None when it ran out of memory.
+        start: the first size tried.
+        max_batch: no larger size is tried.
+        deadline: ``time.perf_counter()`` value after which no new size is tried.
+
+    Returns:
+        ``(size, figures of that size, sizes tried (negative: did not fit))``; ``(0, None,
+        ...)`` when nothing fitted.
+    """
+    lo, hi, best, tried = 0, max_batch + 1, None, []
+    b = min(start, max_batch)
+    while time.perf_counter() < deadline:
+        res = try_batch(b)
+        tried.append(b if res is not None else -b)
+        if res is not None:
+            lo, best = b, res
+        else:
+            hi = b
+        if hi - lo <= max(1, lo // 8):
+            break
+        b = min(2 * lo, max_batch) if hi == max_batch + 1 else (lo + hi) // 2
+    return lo, best, tried
+
+
+def _predictor_figures(model: Any, device: Any, prompts: int, tokens: int,
+                       reps: int) -> dict[str, float]:
+    """Predictor throughput (fp32, as it runs by default), every caption exactly
+    ``tokens`` tokens long (EOS forbidden until then: a random model would stop anywhere).
+
+    The token ids come from the model's real vocabulary; the text side (prompts, word
+    grouping) uses the built-in shapes tokenizer, so no tokenizer is downloaded.
+    """
+    import torch
+
+    from pixelkit.decoding import DecodeOptions
+    from pixelkit.modeling.tokenizer import shapes_tokenizer
+    from pixelkit.predictor import Predictor
+
+    p = Predictor(model, tokenizer=shapes_tokenizer(), device=device,
+                  decode_options=DecodeOptions(max_new_tokens=tokens, min_new_tokens=tokens))
+    rng = np.random.default_rng(0)
+    S = model.config.image_size
+    images = [rng.integers(0, 255, (S, S, 3), dtype=np.uint8) for _ in range(prompts)]
+    p.set_image(images[0])
+    x0, y0 = rng.uniform(0, S * 0.6, (2, prompts))
+    side = rng.uniform(S * 0.1, S * 0.4, prompts)
+    boxes = [(float(a), float(b), float(min(a + s, S)), float(min(b + s, S)))
+             for a, b, s in zip(x0, y0, side)]
+
+    def wall(fn: Callable[[], Any]) -> float:
+        fn()  # warm-up
+        times = []
+        for _ in range(reps):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    with torch.no_grad():
+        captions = wall(lambda: p.caption_batch(p.encode_images(images)))
+        batched = wall(lambda: p.caption_boxes(boxes))
+        one = wall(lambda: p.set_image(images[0]).caption())
+    model.train()
+    return {"predict_captions_per_s": prompts / captions, "predict_boxes_per_s": prompts / batched,
+            "predict_caption_ms": 1e3 * one, "predict_prompts": float(prompts),
+            "predict_tokens": float(tokens)}
+
+
+def gpu_bench(smoke: bool = False, budget_s: float = 420.0) -> dict[str, float]:
+    """Training and inference throughput on one CUDA GPU; ``smoke``: the same path on the CPU.
+
+    * ``base_{eager,compile}_*``: the ``base`` preset (random init), synthetic trace
+      batches of 32 images at 384 px with 64-token narratives, bf16 autocast, AdamW: step
+      time, images/s, MFU (FLOPs of one step counted by ``FlopCounterMode``, over the
+      device's peak dense bf16 rate) and peak memory; eager and ``torch.compile`` in one
+      run, ``base_compile_s`` the compiled first step (compilation) alone.
+    * ``paper_*``: the ``paper`` preset with activation checkpointing
+      (:func:`activation_checkpointing`) at the largest batch that fits
+      (:func:`largest_batch`, from 8, within what is left of ``budget_s``); its MFU counts
+      model FLOPs (no recomputation) from a small batch, scaled linearly.
+    * ``predict_*``: the ``base`` model behind a :class:`~pixelkit.predictor.Predictor`:
+      traced captions per second (32 images encoded and captioned in one batch), box
+      prompts per second (32 boxes of one image, one ``caption_boxes`` call), one
+      caption's latency; 64 tokens each.
+
+    ``smoke`` runs every step on the CPU with the ``tiny`` preset for both presets, batch
+    2, 8 tokens, 2 timed steps and no compilation (those keys NaN, the reason in
+    ``meta.benches.gpu``).
+
+    Args:
+        smoke: the CPU smoke run.
+        budget_s: seconds for the whole bench; the paper search stops when it is spent.
+
+    Returns:
+        ``{metric: value}``.
+    """
+    import torch
+
+    from pixelkit.config import PixelLLMConfig
+    from pixelkit.modeling.summary import peak_bf16_flops
+
+    t_start = time.perf_counter()
+    deadline = t_start + budget_s
+    if smoke:
+        device = torch.device("cpu")
+        presets, batch, tokens, warmup, steps = ("tiny", "tiny"), 2, 8, 1, 2
+        paper_start, paper_max, prompts, reps = 1, 2, 2, 1
+    else:
+        device = torch.device("cuda")
+        presets, batch, tokens, warmup, steps = ("base", "paper"), 32, 64, 3, 10
+        paper_start, paper_max, prompts, reps = 8, 256, 32, 3
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak, peak_why = peak_bf16_flops(name)
+    record_meta("gpu", device=name, smoke=smoke, torch=torch.__version__,
+                cuda=torch.version.cuda, presets={"base": presets[0], "paper": presets[1]},
+                batch=batch, tokens=tokens, warmup_steps=warmup, timed_steps=steps,
+                precision="bf16-mixed (torch.autocast)", peak_bf16_flops=peak,
+                peak_source=peak_why, predictor_precision="fp32 (the Predictor's default)",
+                predictor_tokenizer="shapes (text side only; ids from the model's vocabulary)")
+    torch.manual_seed(0)
+    out: dict[str, float] = {"base_batch": float(batch), "tokens": float(tokens)}
+
+    # --- base preset: eager and compiled, side by side.
+    model = _build_on(PixelLLMConfig.from_name(presets[0]), device)
+    out["base_params"] = float(model.num_params())
+    out["base_trainable_params"] = float(model.num_params(trainable_only=True))
+    data = synthetic_train_batch(model, batch, tokens, device)
+    flops = _counted_flops(model, data, device)
+    out["base_gflops_per_step"] = flops / 1e9
+    modes = ("eager", "compile")
+    for mode in modes:
+        if mode == "compile" and smoke:
+            record_meta("gpu", compile="skipped in smoke mode (base_compile_* are NaN)")
+            fig: dict[str, float] = dict.fromkeys(
+                ("step_ms", "images_per_s", "first_step_s", "peak_mem_gib"), math.nan)
+        else:
+            try:
+                fig = time_training(model, data, device, warmup, steps, compile=mode == "compile")
+            except Exception as err:  # noqa: BLE001 - a compile failure must not hide the rest
+                if mode == "eager":
+                    raise
+                record_meta("gpu", compile=f"failed: {err!r}"[:500])
+                fig = dict.fromkeys(("step_ms", "images_per_s", "first_step_s",
+                                     "peak_mem_gib"), math.nan)
+        out[f"base_{mode}_step_ms"] = fig["step_ms"]
+        out[f"base_{mode}_images_per_s"] = fig["images_per_s"]
+        out[f"base_{mode}_mfu"] = model.estimate_mfu(flops, fig["step_ms"] / 1e3, device)
+        out[f"base_{mode}_peak_mem_gib"] = fig["peak_mem_gib"]
+        if mode == "compile":
+            out["base_compile_s"] = fig["first_step_s"] - fig["step_ms"] / 1e3
+    if device.type != "cuda":
+        record_meta("gpu", mfu=peak_why, peak_mem="CUDA only (max_memory_allocated)")
+
+    # --- Predictor throughput on the base model.
+    out.update(_predictor_figures(model, device, prompts, tokens, reps))
+    del model, data
+    _free_memory()
+
+    # --- paper preset: activation checkpointing, the largest batch that fits.
+    model = _build_on(PixelLLMConfig.from_name(presets[1]), device)
+    out["paper_params"] = float(model.num_params())
+    # Model FLOPs per image, counted before checkpointing (which would add recomputation).
+    n = 2 if smoke else 1
+    per_image = _counted_flops(model, synthetic_train_batch(model, n, tokens, device), device) / n
+    out["paper_gflops_per_image"] = per_image / 1e9
+    record_meta("gpu", paper_checkpointing=activation_checkpointing(model))
+
+    def try_batch(b: int) -> dict[str, float] | None:
+        try:
+            return time_training(model, synthetic_train_batch(model, b, tokens, device), device,
+                                 warmup=1, steps=2 if smoke else 3)
+        except torch.cuda.OutOfMemoryError:
+            pass
+        # Out of the except block: the exception's frames (and their tensors) are gone.
+        model.zero_grad(set_to_none=True)
+        _free_memory()
+        return None
+
+    t0 = time.perf_counter()
+    b, fig, tried = largest_batch(try_batch, paper_start, paper_max, deadline)
+    out["paper_search_s"] = time.perf_counter() - t0
+    record_meta("gpu", paper_batches_tried=tried, paper_max_batch=paper_max)
+    out["paper_batch"] = float(b)
+    fig = fig or dict.fromkeys(("step_ms", "images_per_s", "peak_mem_gib"), math.nan)
+    out["paper_step_ms"] = fig["step_ms"]
+    out["paper_images_per_s"] = fig["images_per_s"]
+    out["paper_mfu"] = model.estimate_mfu(per_image * b, fig["step_ms"] / 1e3, device)
+    out["paper_peak_mem_gib"] = fig["peak_mem_gib"]
+    out["paper_oom_seen"] = float(any(t < 0 for t in tried))
+    model = None  # its GPU memory freed for whatever runs next (try_batch still names it)
+    _free_memory()
+    out["total_s"] = time.perf_counter() - t_start
+    return out
+
+
+@register("gpu")
+def bench_gpu(args: argparse.Namespace) -> dict[str, float]:
+    """Training and Predictor throughput on one CUDA GPU (:func:`gpu_bench`); ``--smoke``
+    for the CPU smoke run, ``--budget-s`` for the time it may take (default 420 s).
+    Targets on an H100/H200: ``base_compile_mfu`` (or eager) >= 0.35, ``paper_batch`` >= 8."""
+    import torch
+
+    smoke = bool(getattr(args, "smoke", False))
+    if not smoke and not torch.cuda.is_available():
+        raise SkipBench("no CUDA device (`--smoke` runs the same code path on the CPU)")
+    return gpu_bench(smoke=smoke, budget_s=float(getattr(args, "budget_s", 420.0) or 420.0))
+
+
 def real_step_bench(reps: int = 3, batch: int = 2, tokens: int = 24,
                     seed: int = 0) -> dict[str, float]:
     """One training step of the ``base`` preset (384 px, ViT-B/16, Flan-T5-base width) at
@@ -775,19 +1179,14 @@ def real_step_bench(reps: int = 3, batch: int = 2, tokens: int = 24,
     from pixelkit.modeling.pixel_llm import PixelLLM
 
     torch.manual_seed(seed)
-    config = PixelLLMConfig.from_name("base").without_pretrained()
-    model = PixelLLM(config).train()
-    images, labels, targets, point_mask, opt = _train_batch(model, batch, tokens)
+    model = PixelLLM(PixelLLMConfig.from_name("base").without_pretrained()).train()
+    data = synthetic_train_batch(model, batch, tokens)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step() -> float:
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
         # What Lightning's ``precision: bf16-mixed`` does on a CPU: autocast the forward.
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(images, labels=labels, point_targets=targets,
-                         point_mask=point_mask).loss
-        loss.backward()
-        opt.step()
+        train_step(model, opt, data, amp_device="cpu")
         return time.perf_counter() - t0
 
     step()  # warm-up: first-call allocations and kernel selection

@@ -20,6 +20,7 @@ label is EOS (see :mod:`pixelkit.modeling.language_model`).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,52 @@ class PixelLLM(nn.Module, PyTorchModelHubMixin):
     def num_params(self, trainable_only: bool = False) -> int:
         """Parameters of the model (only those that train, with ``trainable_only``)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def estimate_flops(self, batch: Mapping[str, Any]) -> int:
+        """FLOPs of one training forward + backward pass on ``batch``, as executed.
+
+        Counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions,
+        attention), so frozen parts count their forward and the backward to their inputs
+        only, as they run; element-wise ops are not counted. Run it without activation
+        checkpointing: recomputed forwards would be counted too (hardware, not model,
+        FLOPs). Gradients are cleared afterwards.
+
+        Args:
+            batch: keyword arguments of :meth:`forward` with targets, e.g. ``images``
+                (B, 3, S, S), ``labels`` (B, L), ``point_targets`` (B, L, 4),
+                ``point_mask`` (B, L).
+
+        Returns:
+            Total FLOPs (a multiply-add counts 2); about linear in the batch size.
+        """
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            loss = self(**batch).loss
+            if loss is None:
+                raise ValueError("estimate_flops needs a batch with targets (labels)")
+            loss.backward()
+        self.zero_grad(set_to_none=True)
+        return int(counter.get_total_flops())
+
+    def estimate_mfu(self, flops_per_step: float, step_s: float,
+                     device: str | torch.device | None = None) -> float:
+        """Model FLOPs utilisation, as nanoGPT's ``estimate_mfu``: achieved FLOP/s over
+        the device's peak dense bf16 rate (:func:`pixelkit.modeling.summary.peak_bf16_flops`).
+
+        Args:
+            flops_per_step: from :meth:`estimate_flops` (at the timed batch size).
+            step_s: seconds per training step.
+            device: default the device of the model's parameters.
+
+        Returns:
+            A fraction in [0, 1]; NaN on a CPU or a GPU with no known peak rate.
+        """
+        from pixelkit.modeling.summary import peak_bf16_flops
+
+        device = torch.device(device) if device is not None else next(self.parameters()).device
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+        return flops_per_step / step_s / peak_bf16_flops(name)[0]
 
     def pretrained_frozen(self) -> dict[str, dict[str, Any]]:
         """The parts whose weights come, frozen, from a pretrained source

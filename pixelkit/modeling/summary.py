@@ -5,6 +5,7 @@ no download): ``pixelkit info``, the notebooks and the README's tables use these
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 from pixelkit.config import PixelLLMConfig
 from pixelkit.modeling.trainable import component_tree, format_summary, parameter_summary
 
-__all__ = ["describe_model", "memory_estimate"]
+__all__ = ["PEAK_BF16_FLOPS", "describe_model", "memory_estimate", "peak_bf16_flops"]
 
 
 def _build(config: Any, device: str) -> tuple[PixelLLMConfig, Any]:
@@ -79,3 +80,34 @@ def memory_estimate(config: Any, precision: str = "bf16-mixed") -> dict[str, flo
     states = train * (4 + 8) / gib
     return {"trainable": float(train), "frozen": float(frozen), "weights_gib": weights,
             "grads_optimizer_gib": states, "total_gib": weights + states}
+
+
+#: Peak dense bf16 tensor-core FLOP/s (no sparsity) by a piece of the device name
+#: (``torch.cuda.get_device_name``), from the vendors' data sheets. The first piece found in
+#: the name wins, so the more specific names come first (an "H100 PCIe" is not an SXM).
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),   # SXM ("NVIDIA H100 80GB HBM3")
+    ("H200", 989e12),   # also GH200
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("RTX 4090", 165e12),
+)
+
+
+def peak_bf16_flops(device_name: str) -> tuple[float, str]:
+    """Peak dense bf16 FLOP/s of a device, for MFU (model FLOPs utilisation).
+
+    Args:
+        device_name: e.g. ``torch.cuda.get_device_name()`` or ``"cpu"``.
+
+    Returns:
+        ``(flops_per_s, why)``: the peak and the table entry it came from, or ``(nan,
+        reason)`` for a device not in :data:`PEAK_BF16_FLOPS` (an MFU would then be NaN).
+    """
+    for key, flops in PEAK_BF16_FLOPS:
+        if key.lower() in device_name.lower():
+            return flops, f"{key}: {flops / 1e12:.0f} TFLOP/s dense bf16"
+    return math.nan, f"no peak bf16 rate known for {device_name!r} (pixelkit PEAK_BF16_FLOPS)"
