@@ -256,7 +256,11 @@ def test_every_catalog_name_resolves(tmp_path: Path) -> None:
         catalog.get("refcoco/val").annotation("trace", tmp_path)
 
 
-def test_synth_writes_exactly_what_the_catalog_names(world: Path) -> None:
+def test_synth_writes_exactly_what_the_catalog_names(tmp_path: Path) -> None:
+    # A world of its own: the module's shared one also holds what training keeps beside
+    # the annotations (the image-size index, the packed-samples caches).
+    world = tmp_path / "shapes"
+    synthesize(world, num_images=24, image_size=64, seed=0, val_fraction=0.25, progress=False)
     written = {p.relative_to(world).as_posix() for p in world.rglob("*") if p.is_file()}
     expected = set()
     for split in ("train", "val"):
