@@ -30,6 +30,10 @@ Benches:
         ViT-B/16, Flan-T5-base width) at random initialisation, bf16-mixed autocast on the
         CPU, batch 2 (:func:`real_step_bench`): what ``tests/test_real_configs.py`` runs
         two of per real config, measured here rather than asserted there.
+    stage_steps: ms per training step of each quickstart stage (:func:`stage_step_bench`),
+        built from the packaged stage configs as the quickstart builds them, data loading
+        included; ``--profile DIR`` writes each stage's ``torch.profiler`` op table (the
+        profile in ``pixelkit/RECIPE.md``). A change that slows a stage's step shows here.
     gpu: one CUDA GPU (:func:`gpu_bench`): ``base`` preset training step time, images/s,
         MFU and peak memory, eager and compiled; the ``paper`` preset's largest batch with
         activation checkpointing; Predictor captions and box prompts per second.
@@ -112,6 +116,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="gpu: seconds for the whole bench (default 420); the paper "
                              "preset's batch-size search stops when it runs out")
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="stage_steps: also write each stage's torch.profiler table to DIR")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -891,7 +897,7 @@ def time_training(model: Any, batch: dict[str, Any], device: Any, warmup: int, s
     import torch
 
     cuda = device.type == "cuda"
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
     fn = torch.compile(model) if compile else model
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -1181,7 +1187,7 @@ def real_step_bench(reps: int = 3, batch: int = 2, tokens: int = 24,
     torch.manual_seed(seed)
     model = PixelLLM(PixelLLMConfig.from_name("base").without_pretrained()).train()
     data = synthetic_train_batch(model, batch, tokens)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
 
     def step() -> float:
         t0 = time.perf_counter()
@@ -1204,3 +1210,175 @@ def bench_real_step(args: argparse.Namespace) -> dict[str, float]:
     ``--quick``: 1 timed step.
     """
     return real_step_bench(reps=1 if getattr(args, "quick", False) else 2)
+
+
+class StepTimes:
+    """A Lightning callback recording the wall time between consecutive training-batch ends:
+    one whole step as a run pays it (data loading, forward, backward, optimizer, logging,
+    Lightning's own hooks), validation and checkpointing excluded (``limit_val_batches=0``).
+    Built lazily so that importing the bench module does not import Lightning."""
+
+    def __new__(cls) -> Any:
+        import lightning as L
+
+        class _StepTimes(L.Callback):
+            def __init__(self) -> None:
+                self.ends: list[float] = []
+
+            def on_train_batch_end(self, *args: Any) -> None:
+                self.ends.append(time.perf_counter())
+
+        return _StepTimes()
+
+
+def stage_step_bench(steps: int = 20, warmup: int = 5, num_images: int = 200,
+                     profile_dir: str | Path | None = None,
+                     settings: dict[str, Any] | None = None) -> dict[str, float]:
+    """Milliseconds per training step of each quickstart stage (tiny preset, the packaged
+    stage configs, batch 32), on a shapes world of ``num_images`` images.
+
+    Each stage is built from its packaged config exactly as ``pixelkit quickstart`` builds
+    it (:func:`pixelkit.runs.resolve_run`), from random weights (``init_from`` is cleared:
+    the step cost does not depend on the weights), with validation off, and trained for
+    ``warmup + steps`` steps; the figure is the median time between consecutive step ends.
+
+    Args:
+        steps: timed steps per stage.
+        warmup: untimed first steps (allocations, the data loader's start).
+        num_images: size of the shapes world written for the bench.
+        profile_dir: also profile each stage's steps with Lightning's ``PyTorchProfiler``
+            (``torch.profiler``) and write ``<stage>.txt`` op tables there.
+        settings: more :func:`pixelkit.runs.resolve_run` settings / ``overrides`` for every
+            stage (e.g. ``{"overrides": {"trainer.precision": "bf16-mixed"}}``).
+
+    Returns:
+        ``<stage>_step_ms`` per stage and ``<stage>_vs_caption`` (its step over caption's).
+    """
+    import tempfile
+
+    from pixelkit.data.synth import synthesize
+    from pixelkit.runs import _quiet, resolve_run
+    from pixelkit.stages import STAGES
+    from pixelkit.training import cli_main
+
+    settings = dict(settings or {})
+    extra = dict(settings.pop("overrides", {}) or {})
+    out: dict[str, float] = {"steps": float(steps), "threads": float(_torch_threads())}
+    with tempfile.TemporaryDirectory(prefix="pixelkit-stage-bench-") as tmp:
+        root = Path(tmp)
+        synthesize(root / "data", num_images=num_images, image_size=64, seed=0, progress=False)
+        for stage in STAGES:
+            overrides = {"model.init_from": None, "trainer.limit_val_batches": 0, **extra}
+            if profile_dir is not None:
+                overrides["trainer.profiler"] = {
+                    "class_path": "lightning.pytorch.profilers.PyTorchProfiler",
+                    "init_args": {"dirpath": str(Path(profile_dir).resolve()), "filename": stage,
+                                  "sort_by_key": "cpu_time_total", "row_limit": 40,
+                                  "export_to_chrome": False}}
+            resolved = resolve_run(stage, out=root, data_root=root / "data", steps=warmup + steps,
+                                   wandb=False, prediction_images=False, overrides=overrides,
+                                   **settings)
+            with _quiet():
+                cli = cli_main(["--config", str(resolved.path)], run=False)
+                timer = StepTimes()
+                cli.trainer.callbacks.append(timer)
+                cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+            gaps = np.diff(timer.ends)[warmup - 1:]
+            out[f"{stage}_step_ms"] = 1000 * float(np.median(gaps))
+    for stage in STAGES:
+        out[f"{stage}_vs_caption"] = out[f"{stage}_step_ms"] / out["caption_step_ms"]
+    return out
+
+
+def recipe_choice_bench(rounds: int = 40, num_images: int = 200) -> dict[str, float]:
+    """Two choices of the quickstart recipe, each timed side by side with its alternative in
+    interleaved rounds on the ``refer`` stage's batches (the packaged config, random init):
+
+    * ``adamw_fused_speedup``: a whole training step (forward, backward, AdamW) with
+      ``torch.optim.AdamW(fused=False)`` over the same with ``fused=True`` (what the stages
+      use); ``adamw_step_ms`` / ``adamw_fused_step_ms``: the optimizer step alone.
+    * ``image_cache_speedup``: loading a batch with the images decoded from disk at every
+      read over the same with ``data.image_cache_mb`` (:class:`DecodedImages`), once the
+      world is in the cache.
+
+    Returns:
+        The two ratios (> 1: the recipe's choice is faster) and the ``*_ms`` figures.
+    """
+    import copy
+    import tempfile
+
+    import torch
+
+    from pixelkit.data.encoding import MODEL_KEYS
+    from pixelkit.data.synth import synthesize
+    from pixelkit.runs import _quiet, resolve_run
+    from pixelkit.training import cli_main
+
+    out: dict[str, float] = {"rounds": float(rounds)}
+    with tempfile.TemporaryDirectory(prefix="pixelkit-recipe-bench-") as tmp:
+        root = Path(tmp)
+        synthesize(root / "data", num_images=num_images, image_size=64, seed=0, progress=False)
+
+        def built(cache_mb: float) -> Any:
+            resolved = resolve_run("refer", out=root, name=f"cache{cache_mb:g}",
+                                   data_root=root / "data", steps=1, wandb=False,
+                                   prediction_images=False,
+                                   overrides={"model.init_from": None,
+                                              "data.image_cache_mb": cache_mb})
+            with _quiet():
+                cli = cli_main(["--config", str(resolved.path)], run=False)
+            cli.datamodule.setup("fit")
+            return cli
+
+        plain, cached = built(0), built(64)
+        loaders = iter(plain.datamodule.train_dataloader()), iter(cached.datamodule.train_dataloader())
+        for _ in range(num_images // 8):  # every image decoded once: the cache is warm
+            next(loaders[1])
+        t = interleaved_times({"decode": lambda: next(loaders[0]),
+                               "cached": lambda: next(loaders[1])}, rounds)
+        out["load_decode_ms"], out["load_cached_ms"] = _ms(t["decode"]), _ms(t["cached"])
+        out["image_cache_speedup"] = paired_ratio(t["decode"], t["cached"])
+
+        batches = [next(loaders[1]) for _ in range(8)]
+        models = {"plain": plain.model.model.train()}
+        models["fused"] = copy.deepcopy(models["plain"])
+        opts = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4,
+                                     fused=k == "fused") for k, m in models.items()}
+        state = {"i": 0}
+
+        def step(k: str) -> None:
+            batch = batches[state["i"] % len(batches)]
+            opts[k].zero_grad(set_to_none=True)
+            kw = {key: batch[key] for key in MODEL_KEYS} | {"gt_boxes": None}
+            models[k](images=batch["images"], **kw).loss.backward()
+            opts[k].step()
+            state["i"] += k == "fused"
+
+        for k in models:
+            step(k)  # warm-up
+        t = interleaved_times({k: (lambda k=k: step(k)) for k in models}, rounds)
+        out["train_step_ms"], out["train_step_fused_ms"] = _ms(t["plain"]), _ms(t["fused"])
+        out["adamw_fused_speedup"] = paired_ratio(t["plain"], t["fused"])
+        t = interleaved_times({k: opts[k].step for k in models}, rounds)
+        out["adamw_step_ms"], out["adamw_fused_step_ms"] = _ms(t["plain"]), _ms(t["fused"])
+    return out
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+@register("stage_steps")
+def bench_stage_steps(args: argparse.Namespace) -> dict[str, float]:
+    """ms per training step of each quickstart stage as the quickstart runs it (tiny preset,
+    batch 32, data loading included, validation excluded), and the recipe's fused AdamW and
+    decoded-image cache against their alternatives (:func:`recipe_choice_bench`). Full: 20
+    timed steps per stage, 40 rounds; ``--quick``: 4 and 3. ``--profile DIR`` also writes
+    each stage's ``torch.profiler`` op table."""
+    quick = bool(getattr(args, "quick", False))
+    out = stage_step_bench(steps=4 if quick else 20, warmup=2 if quick else 5,
+                           num_images=60 if quick else 200,
+                           profile_dir=getattr(args, "profile", None))
+    return out | recipe_choice_bench(rounds=3 if quick else 40, num_images=60 if quick else 200)

@@ -35,7 +35,8 @@ SMOKE = {"batch_size": 4, "val_limit": 8, "overrides": {"data.samples_per_epoch"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="outputs/quickstart", help="output directory")
     parser.add_argument("--num-images", type=int, default=3000, help="shapes world size")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the shapes world, the weights and the data order")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny world, a few steps per stage (tests / CI)")
     parser.add_argument("--steps", type=int, default=None,
@@ -61,8 +62,13 @@ def run(args: argparse.Namespace) -> int:
     synthesize(out / "data", num_images=num_images, image_size=64, seed=args.seed,
                val_fraction=0.2, progress=not args.smoke)
     print(f"[quickstart] 2/4 stages: {' -> '.join(STAGES)}")
+    options: dict[str, Any] = dict(SMOKE) if args.smoke else {}
+    # One seed for the run: the world above, the initial weights and augmentation
+    # (seed_everything) and the data sampler's order (data.seed).
+    options["overrides"] = {**options.get("overrides", {}), "seed_everything": args.seed,
+                            "data.seed": args.seed}
     runs = run_chain(list(STAGES), out=out, steps=steps, data_root=out / "data",
-                     quiet=args.smoke, **(SMOKE if args.smoke else {}))
+                     quiet=args.smoke, **options)
     stages: dict[str, dict[str, Any]] = {
         name: {"last": str(r.last), "val": r.val, "csv": str(r.csv) if r.csv else None,
                "steps": r.steps, "seconds": r.seconds}
@@ -73,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     metrics, ckpt = evaluate_final(out, runs[list(STAGES)[-1]].last, stages, limit=limit)
     metrics["wall_seconds"] = round(time.perf_counter() - t0, 1)
     metrics["train_seconds"] = round(train_seconds, 1)
+    metrics["seed"] = args.seed
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     print("[quickstart] 4/4 report")
     report = write_report(out, metrics, stages, ckpt)

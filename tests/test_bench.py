@@ -168,3 +168,22 @@ def test_largest_batch_doubles_then_bisects() -> None:
     assert (size, log) == (3, [-8, -4, 2, 3])
     # Nothing fits.
     assert largest_batch(lambda b: None, 1, 8, time.perf_counter() + 60)[:2] == (0, None)
+
+
+def test_stage_steps_bench_quick_times_every_stage_and_writes_profiles(tmp_path: Path) -> None:
+    """Each stage's step cost, as the quickstart builds the stage, and its torch.profiler
+    table (the numbers are ``pixelkit bench``'s to report, not this test's)."""
+    from pixelkit.stages import STAGES
+
+    out, prof = tmp_path / "bench.json", tmp_path / "profiles"
+    assert main(["bench", "--only", "stage_steps", "--quick", "--out", str(out),
+                 "--profile", str(prof)]) == 0
+    results = json.loads(out.read_text())["results"]["stage_steps"]
+    for stage in STAGES:
+        assert results[f"{stage}_step_ms"] > 0, stage
+        assert math.isfinite(results[f"{stage}_vs_caption"])
+        table = (prof / f"fit-{stage}.txt").read_text()
+        assert "aten::" in table and "run_training_batch" in table, stage
+    for key in ("adamw_fused_speedup", "image_cache_speedup"):  # the recipe's two choices
+        assert math.isfinite(results[key]) and results[key] > 0, key
+    assert results["adamw_step_ms"] > 0 and results["load_cached_ms"] > 0

@@ -87,6 +87,43 @@ def test_worker_processes(world) -> None:
     assert len(batches) == 4 and all(b["images"].shape[0] == 8 for b in batches)
 
 
+def test_decoded_image_cache_gives_the_same_batches(world) -> None:
+    """With the cache the batches are identical (same seeds), and it holds each image once."""
+    plain = [b for _, b in zip(range(4), make(world, seed=3).train_dataloader())]
+    dm = make(world, seed=3, image_cache_mb=1)
+    cached = [b for _, b in zip(range(4), dm.train_dataloader())]
+    for a, b in zip(plain, cached):
+        assert torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"])
+        assert torch.equal(a["point_targets"], b["point_targets"])
+    paths = {m["image_path"] for b in cached for m in b["meta"]}
+    assert set(dm.images._images) == paths and dm.images._bytes == len(paths) * 64 * 64 * 3
+
+
+def test_decoded_image_cache_evicts_by_bytes_and_never_caches_a_bad_image(tmp_path) -> None:
+    from PIL import Image
+
+    from pixelkit.data.datamodule import DecodedImages
+    from pixelkit.data.formats import MissingImageError
+
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (32, 32), (i, 0, 0)).save(paths[-1])
+    cache = DecodedImages(max_mb=2 * 32 * 32 * 3 / 2**20)  # room for two
+    first = cache.load(paths[0])
+    assert cache.load(paths[0]) is first  # a hit: the same decoded image
+    cache.load(paths[1])
+    cache.load(paths[0])  # paths[0] is now the most recent
+    cache.load(paths[2])  # evicts the least recently used: paths[1]
+    assert list(cache._images) == [paths[0], paths[2]] and cache._bytes == 2 * 32 * 32 * 3
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    for _ in range(2):  # raised every time, never cached
+        with pytest.raises(MissingImageError, match="bad.png"):
+            cache.load(str(tmp_path / "bad.png"))
+    assert str(tmp_path / "bad.png") not in cache._images
+    assert DecodedImages(0).load(paths[1]).getpixel((0, 0)) == (1, 0, 0)  # off: plain reads
+
+
 def test_densecap_examples_share_one_image(world) -> None:
     dm = make(world, weights={"densecap": 1.0})
     b = next(iter(dm.train_dataloader()))

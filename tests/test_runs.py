@@ -169,6 +169,21 @@ def test_run_stage_and_chain(tmp_path: Path, world: Path) -> None:
     assert chain["trace"].init_from == chain["caption"].last
 
 
+def test_a_stage_validates_at_its_last_step_between_sparse_validations(
+        tmp_path: Path, world: Path) -> None:
+    """ValidateAtEnd (base.yaml): every val_every steps and after the last step, once."""
+    run = runs.run_stage("trace", out=tmp_path, data_root=world, steps=5, val_every=3,
+                         wandb=False, prediction_images=False,
+                         overrides={"model.init_from": None}, **SMALL)
+    assert [r["step"] for r in run.val_history(["val/trace/l1"])] == [2, 4]
+    assert run.steps == 5 and "val/trace/l1" in run.val
+    # a validation step that is also the last one runs once
+    again = runs.run_stage("trace", out=tmp_path, data_root=world, steps=4, val_every=2,
+                           wandb=False, prediction_images=False,
+                           overrides={"model.init_from": None}, **SMALL)
+    assert [r["step"] for r in again.val_history(["val/trace/l1"])] == [1, 3]
+
+
 # --------------------------------------------------------------------------- studies
 
 

@@ -263,7 +263,11 @@ class PixelLLMStage(L.LightningModule):
         groups = [{"params": rest, "lr": hp.lr}]
         if heads:
             groups.append({"params": heads, "lr": hp.head_lr or hp.lr})
-        opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=hp.weight_decay)
+        # The fused kernel updates every parameter in one call: on the tiny preset's 234
+        # tensors the per-tensor loop cost more than the update (pixelkit/RECIPE.md).
+        fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+        opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=hp.weight_decay,
+                                fused=fused)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warm = min(hp.warmup_steps, total // 2)
 

@@ -1,4 +1,5 @@
-"""Callbacks of the stages: pictures of the model's predictions at every validation.
+"""Callbacks of the stages: pictures of the model's predictions at every validation, and
+a validation at the last step.
 
 :class:`PredictionImages` draws, for a few fixed validation images, the generated narrative
 with its per-word trace, the referring boxes and the dense captions, with the same
@@ -79,3 +80,19 @@ class PredictionImages(L.Callback):
                 logger.log_image(key="val/predictions", images=panels, caption=captions,
                                  step=trainer.global_step)
         pl_module.model.train(pl_module.training)
+
+
+class ValidateAtEnd(L.Callback):
+    """Validate after the last training step, whatever ``val_check_interval`` is.
+
+    Lightning validates every ``val_check_interval`` steps only, so a run of 350 steps that
+    validates every 250 would end with step 250's metrics (and its last checkpoint would
+    skip ``ModelCheckpoint``'s monitored save). Asking the trainer to stop at ``max_steps``
+    makes Lightning's own loop run the validation for that step (its early-stop path), once
+    even when the step is also a regular validation step. Validation can then be sparse
+    (the quickstart's cost) while each stage still ends with its metrics.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            trainer.should_stop = True
