@@ -73,6 +73,7 @@ def evaluate_final(out: Path, last_ckpt: Path, stages: dict[str, Any],
     """
     from pixelkit.checkpoint import load_model, save_model
     from pixelkit.data import catalog
+    from pixelkit.eval.caption import MeteorScorer
     from pixelkit.evaluate import evaluate, load_samples
     from pixelkit.predictor import Predictor
 
@@ -81,14 +82,19 @@ def evaluate_final(out: Path, last_ckpt: Path, stages: dict[str, Any],
     predictor = Predictor(model)
     val = catalog.get("shapes/val")
     metrics: dict[str, Any] = {}
-    for task in ("refer", "loca-caption", "caption", "trace", "densecap"):
-        path = val.annotation(task.replace("-", "_"), data)
-        samples = load_samples(task, path, val.image_dir(data))[0]
-        samples = samples[:limit] if limit else samples
-        result, _ = evaluate(task, predictor, samples, batch_size=32, progress=True)
-        key = task.replace("-", "_")
-        for name, value in result.items():
-            metrics[f"{key}.{name}"] = value
+    # One METEOR JVM for the three captioning tasks: its first call loads the paraphrase
+    # tables (~5 s idle), later calls take well under a second each.
+    with MeteorScorer() as meteor:
+        scorers = {"loca_caption": {"meteor": meteor}, "caption": {"meteor": meteor},
+                   "densecap": {"meteor_fn": lambda c, r: meteor.score(c, r)[1]}}
+        for task in ("refer", "loca-caption", "caption", "trace", "densecap"):
+            key = task.replace("-", "_")
+            samples = load_samples(task, val.annotation(key, data), val.image_dir(data))[0]
+            samples = samples[:limit] if limit else samples
+            result, _ = evaluate(task, predictor, samples, batch_size=32, progress=True,
+                                 **scorers.get(key, {}))
+            for name, value in result.items():
+                metrics[f"{key}.{name}"] = value
     pointing, _ = pointing_accuracy_on(predictor, data, limit=limit)
     metrics.update({f"trace.{k}": v for k, v in pointing.items()})
     ckpt = save_model(model, out / "checkpoints" / "pixelllm.ckpt", stage="all (quickstart chain)",

@@ -53,7 +53,7 @@ def test_resolve_run_applies_each_setting_once(tmp_path: Path, world: Path) -> N
     names = [cb["class_path"].rsplit(".", 1)[1] for cb in t["callbacks"]]
     assert "PredictionImages" not in names and names.count("ModelCheckpoint") == 2
     assert all(cb["init_args"]["dirpath"].startswith(folder) for cb in t["callbacks"]
-               if cb["init_args"].get("dirpath"))
+               if cb.get("init_args", {}).get("dirpath"))
     # the default: the config's W&B logger, named after the run, in the study's group
     with_wandb = runs.resolve_run("trace", out=tmp_path, data_root=world, wandb_group="g")
     if available("wandb"):  # (the core-only job has no W&B logger to keep)
