@@ -1212,23 +1212,18 @@ def bench_real_step(args: argparse.Namespace) -> dict[str, float]:
     return real_step_bench(reps=1 if getattr(args, "quick", False) else 2)
 
 
-class StepTimes:
-    """A Lightning callback recording the wall time between consecutive training-batch ends:
-    one whole step as a run pays it (data loading, forward, backward, optimizer, logging,
-    Lightning's own hooks), validation and checkpointing excluded (``limit_val_batches=0``).
-    Built lazily so that importing the bench module does not import Lightning."""
+def _built_stage(stage: str, root: Path, name: str | None = None, **settings: Any) -> Any:
+    """The LightningCLI objects (``model``, ``datamodule``, ``trainer``) of packaged stage
+    ``stage`` on the shapes world under ``root / "data"``, as the quickstart resolves it, from
+    random weights, without W&B or prediction pictures; ``settings`` go to ``resolve_run``."""
+    from pixelkit.runs import _quiet, resolve_run
+    from pixelkit.training import cli_main
 
-    def __new__(cls) -> Any:
-        import lightning as L
-
-        class _StepTimes(L.Callback):
-            def __init__(self) -> None:
-                self.ends: list[float] = []
-
-            def on_train_batch_end(self, *args: Any) -> None:
-                self.ends.append(time.perf_counter())
-
-        return _StepTimes()
+    overrides = {"model.init_from": None, **settings.pop("overrides", {})}
+    resolved = resolve_run(stage, out=root, name=name, data_root=root / "data", wandb=False,
+                           prediction_images=False, overrides=overrides, **settings)
+    with _quiet():
+        return cli_main(["--config", str(resolved.path)], run=False)
 
 
 def stage_step_bench(steps: int = 20, warmup: int = 5, num_images: int = 200,
@@ -1256,32 +1251,40 @@ def stage_step_bench(steps: int = 20, warmup: int = 5, num_images: int = 200,
     """
     import tempfile
 
+    import lightning as L
+    import torch
+
     from pixelkit.data.synth import synthesize
-    from pixelkit.runs import _quiet, resolve_run
+    from pixelkit.runs import _quiet
     from pixelkit.stages import STAGES
-    from pixelkit.training import cli_main
+
+    class StepEnds(L.Callback):
+        """The time of each training-batch end: a whole step as a run pays it."""
+
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+
+        def on_train_batch_end(self, *args: Any) -> None:
+            self.ends.append(time.perf_counter())
 
     settings = dict(settings or {})
     extra = dict(settings.pop("overrides", {}) or {})
-    out: dict[str, float] = {"steps": float(steps), "threads": float(_torch_threads())}
+    out: dict[str, float] = {"steps": float(steps), "threads": float(torch.get_num_threads())}
     with tempfile.TemporaryDirectory(prefix="pixelkit-stage-bench-") as tmp:
         root = Path(tmp)
         synthesize(root / "data", num_images=num_images, image_size=64, seed=0, progress=False)
         for stage in STAGES:
-            overrides = {"model.init_from": None, "trainer.limit_val_batches": 0, **extra}
+            overrides = {"trainer.limit_val_batches": 0, **extra}
             if profile_dir is not None:
                 overrides["trainer.profiler"] = {
                     "class_path": "lightning.pytorch.profilers.PyTorchProfiler",
                     "init_args": {"dirpath": str(Path(profile_dir).resolve()), "filename": stage,
                                   "sort_by_key": "cpu_time_total", "row_limit": 40,
                                   "export_to_chrome": False}}
-            resolved = resolve_run(stage, out=root, data_root=root / "data", steps=warmup + steps,
-                                   wandb=False, prediction_images=False, overrides=overrides,
-                                   **settings)
+            cli = _built_stage(stage, root, steps=warmup + steps, overrides=overrides, **settings)
+            timer = StepEnds()
+            cli.trainer.callbacks.append(timer)
             with _quiet():
-                cli = cli_main(["--config", str(resolved.path)], run=False)
-                timer = StepTimes()
-                cli.trainer.callbacks.append(timer)
                 cli.trainer.fit(cli.model, datamodule=cli.datamodule)
             gaps = np.diff(timer.ends)[warmup - 1:]
             out[f"{stage}_step_ms"] = 1000 * float(np.median(gaps))
@@ -1311,26 +1314,15 @@ def recipe_choice_bench(rounds: int = 40, num_images: int = 200) -> dict[str, fl
 
     from pixelkit.data.encoding import MODEL_KEYS
     from pixelkit.data.synth import synthesize
-    from pixelkit.runs import _quiet, resolve_run
-    from pixelkit.training import cli_main
 
     out: dict[str, float] = {"rounds": float(rounds)}
     with tempfile.TemporaryDirectory(prefix="pixelkit-recipe-bench-") as tmp:
         root = Path(tmp)
         synthesize(root / "data", num_images=num_images, image_size=64, seed=0, progress=False)
-
-        def built(cache_mb: float) -> Any:
-            resolved = resolve_run("refer", out=root, name=f"cache{cache_mb:g}",
-                                   data_root=root / "data", steps=1, wandb=False,
-                                   prediction_images=False,
-                                   overrides={"model.init_from": None,
-                                              "data.image_cache_mb": cache_mb})
-            with _quiet():
-                cli = cli_main(["--config", str(resolved.path)], run=False)
+        plain, cached = (_built_stage("refer", root, name=f"cache{mb}", steps=1,
+                                      overrides={"data.image_cache_mb": mb}) for mb in (0, 64))
+        for cli in (plain, cached):
             cli.datamodule.setup("fit")
-            return cli
-
-        plain, cached = built(0), built(64)
         loaders = iter(plain.datamodule.train_dataloader()), iter(cached.datamodule.train_dataloader())
         for _ in range(num_images // 8):  # every image decoded once: the cache is warm
             next(loaders[1])
@@ -1339,35 +1331,20 @@ def recipe_choice_bench(rounds: int = 40, num_images: int = 200) -> dict[str, fl
         out["load_decode_ms"], out["load_cached_ms"] = _ms(t["decode"]), _ms(t["cached"])
         out["image_cache_speedup"] = paired_ratio(t["decode"], t["cached"])
 
-        batches = [next(loaders[1]) for _ in range(8)]
+        # PixelLLM.forward's arguments of one real batch (no proposal loss: a refer step)
+        batch = next(loaders[1])
+        batch = {"images": batch["images"], **{k: batch[k] for k in MODEL_KEYS}, "gt_boxes": None}
         models = {"plain": plain.model.model.train()}
         models["fused"] = copy.deepcopy(models["plain"])
         opts = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4,
                                      fused=k == "fused") for k, m in models.items()}
-        state = {"i": 0}
-
-        def step(k: str) -> None:
-            batch = batches[state["i"] % len(batches)]
-            opts[k].zero_grad(set_to_none=True)
-            kw = {key: batch[key] for key in MODEL_KEYS} | {"gt_boxes": None}
-            models[k](images=batch["images"], **kw).loss.backward()
-            opts[k].step()
-            state["i"] += k == "fused"
-
-        for k in models:
-            step(k)  # warm-up
-        t = interleaved_times({k: (lambda k=k: step(k)) for k in models}, rounds)
+        t = interleaved_times({k: (lambda k=k: train_step(models[k], opts[k], batch))
+                               for k in models}, rounds)
         out["train_step_ms"], out["train_step_fused_ms"] = _ms(t["plain"]), _ms(t["fused"])
         out["adamw_fused_speedup"] = paired_ratio(t["plain"], t["fused"])
         t = interleaved_times({k: opts[k].step for k in models}, rounds)
         out["adamw_step_ms"], out["adamw_fused_step_ms"] = _ms(t["plain"]), _ms(t["fused"])
     return out
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 @register("stage_steps")
