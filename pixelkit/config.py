@@ -39,6 +39,7 @@ __all__ = [
     "PointHeadConfig",
     "ProposalHeadConfig",
     "LossConfig",
+    "LocationConfig",
     "PixelLLMConfig",
     "PRESETS",
 ]
@@ -352,6 +353,67 @@ class LossConfig:
                 raise ValueError(f"LossConfig.{name} must be >= 0, got {getattr(self, name)}")
 
 
+#: ``location.format`` values: how a box enters and leaves the language model.
+LOCATION_FORMATS: tuple[str, ...] = ("regression", "text", "tokens", "regions")
+
+
+@dataclass
+class LocationConfig:
+    """How locations enter and leave the LM (DESIGN.md section 1, "Location interfaces").
+
+    The encoders, extractor, LM, data files and metrics are shared by every format, so the
+    interfaces can be compared on the same data; :class:`pixelkit.modeling.location.LocationCodec`
+    implements them.
+
+    Attributes:
+        format: ``"regression"`` (PixelLLM: the point head gives every token a location and
+            the box is read at the EOS-emitting state), ``"text"`` (Shikra, MiniGPT-v2,
+            Ferret, Qwen-VL: ``[x0,y0,x1,y1]`` integers on a ``bins`` grid written into the
+            text), ``"tokens"`` (Kosmos-2, PaliGemma, Florence-2: added ``<loc_i>``
+            vocabulary tokens) or ``"regions"`` (Groma; not implemented yet).
+        bins: the ``text`` grid: each coordinate is an integer in ``[0, bins)`` of the
+            image's width or height (MiniGPT-v2: 100; Ferret, Qwen2-VL: 1000). Also used
+            for a box prompt written into the text with ``format: regression`` and
+            ``prompt: text``.
+        token_grid: P of the ``tokens`` format: ``P * P`` cell tokens with ``token_style:
+            corner`` (Kosmos-2: 32), or ``P`` value tokens per axis with ``axis``
+            (Florence-2: 1000, PaliGemma: 1024).
+        token_style: ``"corner"`` (a box is the tokens of its top-left and bottom-right
+            cells, Kosmos-2) or ``"axis"`` (a box is four tokens, one per coordinate,
+            x0 y0 x1 y1, Florence-2; PaliGemma writes y first).
+        prompt: how a region prompt (``loca_caption``, dense captioning) enters:
+            ``"encoder"`` (the prompt encoder, PixelLLM) or ``"text"`` (written into the
+            text prompt in the format above, ``region [12,40,33,61]``).
+        task_tokens: start every text prompt with MiniGPT-v2's task identifier
+            (``[caption]``, ``[grounding]``, ``[identify]``, ``[refer]``), added tokens.
+    """
+
+    format: Literal["regression", "text", "tokens", "regions"] = "regression"
+    bins: int = 100
+    token_grid: int = 32
+    token_style: Literal["corner", "axis"] = "corner"
+    prompt: Literal["encoder", "text"] = "encoder"
+    task_tokens: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("LocationConfig", "format", self.format, LOCATION_FORMATS)
+        _check_choice("LocationConfig", "token_style", self.token_style, ("corner", "axis"))
+        _check_choice("LocationConfig", "prompt", self.prompt, ("encoder", "text"))
+        _check_positive("LocationConfig", bins=self.bins, token_grid=self.token_grid)
+        # One bin cannot tell a corner from another; a P*P vocabulary past a million rows
+        # is a typo (P = 32 is Kosmos-2's 1024 tokens).
+        if self.bins < 2 or self.token_grid < 2:
+            raise ValueError(f"LocationConfig.bins and token_grid must be >= 2, got "
+                             f"{self.bins} and {self.token_grid}")
+        if self.token_style == "corner" and self.token_grid > 1024:
+            raise ValueError(f"LocationConfig.token_grid={self.token_grid} with token_style "
+                             "'corner' adds token_grid**2 tokens; use <= 1024 (Kosmos-2: 32) "
+                             "or token_style 'axis'")
+        if not isinstance(self.task_tokens, bool):
+            raise TypeError(f"LocationConfig.task_tokens must be true or false, got "
+                            f"{self.task_tokens!r}")
+
+
 _SUBCONFIGS: dict[str, type] = {
     "image_encoder": ImageEncoderConfig,
     "prompt_encoder": PromptEncoderConfig,
@@ -360,6 +422,7 @@ _SUBCONFIGS: dict[str, type] = {
     "point_head": PointHeadConfig,
     "proposal_head": ProposalHeadConfig,
     "loss": LossConfig,
+    "location": LocationConfig,
 }
 
 
@@ -372,6 +435,7 @@ class PixelLLMConfig:
             side fits and padded bottom/right).
         image_encoder, prompt_encoder, extractor, language_model, point_head,
             proposal_head, loss: component configs.
+        location: how locations enter and leave the LM (default ``regression``: PixelLLM).
         frozen: extra parameter-name patterns (``fnmatch``) to freeze, e.g.
             ``["image_encoder.*"]``; applied after each component's own defaults.
         name: the preset this config came from (informational).
@@ -385,6 +449,7 @@ class PixelLLMConfig:
     point_head: PointHeadConfig = field(default_factory=PointHeadConfig)
     proposal_head: ProposalHeadConfig = field(default_factory=ProposalHeadConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    location: LocationConfig = field(default_factory=LocationConfig)
     frozen: list[str] = field(default_factory=list)
     name: str = "custom"
 

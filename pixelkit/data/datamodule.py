@@ -42,11 +42,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pixelkit.data.alignment import align_caption
-from pixelkit.data.encoding import Example, collate, make_row
+from pixelkit.data.encoding import Example, collate, grounded_row, make_row
 from pixelkit.data.formats import MissingImageError, detect_and_load, iter_any, load_rgb
 from pixelkit.data.packed import PackedSamples
 from pixelkit.data.schema import Sample
 from pixelkit.data.transforms import SampleTransform, TrainTransform
+from pixelkit.modeling.location import LocationCodec
 from pixelkit.modeling.tokenizer import load_tokenizer
 
 #: Tasks a source can train; ``densecap`` trains the proposal head and captions its regions.
@@ -269,13 +270,19 @@ class TaskDataset(Dataset):
         max_regions: most region rows per ``densecap`` image.
         seed: seed of the encoding randomness (point prompts, box jitter).
         images: where images are read from (default: decoded from disk at every read).
+        codec: the model's location codec (:mod:`pixelkit.modeling.location`); None: the
+            default ``regression`` rows. With another format ``tokenizer`` must hold the
+            codec's tokens (:func:`~pixelkit.modeling.tokenizer.add_location_tokens`), and
+            ``trace`` rows become grounded captions (:func:`grounded_row`).
     """
 
     def __init__(self, samples: Sequence[Sample], task: str, tokenizer: Any,
                  transform: SampleTransform, max_text_length: int = 48,
                  alignment: str = "text", point_prompt_prob: float = 0.0,
                  box_jitter: float = 0.0, max_regions: int = 8, seed: int = 0,
-                 images: DecodedImages | None = None) -> None:
+                 images: DecodedImages | None = None,
+                 codec: LocationCodec | None = None) -> None:
+        self.codec = codec if codec is not None and codec.changes_rows else None
         self.samples, self.task, self.tokenizer = samples, task, tokenizer
         self.images = images or DecodedImages()
         self.transform = transform
@@ -296,10 +303,17 @@ class TaskDataset(Dataset):
         rng = np.random.default_rng([self.seed, int(torch.randint(0, 2**31, ()))])
         meta = {"task": self.task, "image_id": sample.image_id, "ann_id": sample.ann_id,
                 "frame": dataclasses.asdict(ts.frame), "source": sample.source, "image_path": sample.image_path}
-        row = lambda task, text, **kw: make_row(self.tokenizer, task, text,  # noqa: E731
-                                                max_length=self.max_text_length, **kw)
+        # Location formats write boxes on a grid of the visible image content.
+        loc = {} if self.codec is None else {"codec": self.codec,
+                                             "extent": ts.frame.visible[2:]}
+        row = lambda task, text, **kw: make_row(self.tokenizer, task, text,
+                                                max_length=self.max_text_length, **loc, **kw)
         if self.task == "caption":
             return Example(ts.image, [row("caption", ts.text)], meta=meta)
+        if self.task == "trace" and self.codec is not None and self.codec.writes_targets:
+            return Example(ts.image, [grounded_row(
+                self.tokenizer, self.codec, ts.utterances, ts.utterance_boxes,
+                extent=loc["extent"], max_length=self.max_text_length)], meta=meta)
         if self.task == "trace":
             aligned = align_caption(ts.utterances, ts.utterance_boxes, self.tokenizer,
                                     points=ts.utterance_points, caption=ts.text,
@@ -334,6 +348,12 @@ class TaskDataset(Dataset):
             prompt = np.clip(box + d, 0, 1).astype(np.float32)
             if prompt[2] <= prompt[0] or prompt[3] <= prompt[1]:
                 prompt = box
+        if self.codec is not None and self.codec.writes_prompts:
+            # The (jittered) prompt is written into the text; regression targets stay on
+            # the true box (text / tokens formats have no point targets).
+            r = row("loca_caption", text, box=prompt)
+            r.point_targets = row("loca_caption", text, box=box).point_targets
+            return r
         r = row("loca_caption", text, box=box)
         r.box = prompt  # the (jittered) prompt; the targets stay on the true box
         return r

@@ -13,15 +13,39 @@ This is the one place that fixes the conventions shared by training (the datamod
   is supervised at position p (DESIGN.md section 1): ``point_targets[p] = loc(labels[p-1])``
   for p >= 1, none at p = 0. The state that emits EOS (p = L-1) thus carries the location
   of the last word; for ``refer`` every word and that EOS-emitting state carry the box.
+
+**Location formats** (``location.*`` of the model config, a
+:class:`~pixelkit.modeling.location.LocationCodec` passed as ``codec``): with the default
+``regression`` codec (or none) every row is exactly as described above. Otherwise:
+
+* ``text`` / ``tokens``: a ``refer`` target is the box as written by the codec
+  (``[12,40,33,61]`` or ``<box><loc_a><loc_b></box>``); a ``trace`` target is a grounded
+  caption (:func:`grounded_row`: each located utterance is a phrase with its box). These
+  rows have **no point targets**: the point loss is off for them, so a comparison of
+  formats compares the interfaces alone. Per-word locations for evaluation come from
+  parsing the generated markup (``LocationCodec.parse_grounded``: the phrase's box goes to
+  each of its words, the word's point is the box centre) against the trace's own targets.
+* ``location.prompt: text``: a ``loca_caption`` region is written into the text prompt
+  (``region [12,40,33,61]``; clicks as ``[12,40]``) and the prompt encoder gets no prompt
+  (the whole image), whatever the format.
+* ``location.task_tokens``: prompts start with the task identifier (``[refer] where is
+  ...``).
+
+Boxes are written on a grid of the image content, so these rows need the content's
+``extent`` in the model frame (``ModelFrame.visible[2:]``; default the whole square).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from pixelkit.modeling.location import LocationCodec
 
 #: Text prompt per task. ``{text}`` is the referring expression.
 TASK_PROMPTS: dict[str, str] = {
@@ -91,7 +115,9 @@ class Example:
 def make_row(tokenizer: Any, task: str, text: str, *, token_boxes: np.ndarray | None = None,
              target_ids: list[int] | None = None, box: np.ndarray | None = None,
              points: np.ndarray | None = None, point_labels: np.ndarray | None = None,
-             max_length: int = 48, locate_words: bool = True) -> Row:
+             max_length: int = 48, locate_words: bool = True,
+             codec: LocationCodec | None = None,
+             extent: Sequence[float] | None = None) -> Row:
     """Build one :class:`Row`.
 
     Args:
@@ -105,7 +131,17 @@ def make_row(tokenizer: Any, task: str, text: str, *, token_boxes: np.ndarray | 
         max_length: longest ``labels`` (EOS included); longer texts are cut.
         locate_words: for ``refer`` / ``loca_caption``, supervise every word's location with
             the box (the words describe that region).
+        codec: the model's location codec; None or the default ``regression`` one: the rows
+            described above. Other formats: see the module docstring (a ``trace`` target
+            is then the grounded caption ``text``, from :func:`grounded_row`).
+        extent: ``(ex, ey)`` extent of the image content in the model frame, the grid
+            boxes are written on (default: the whole square); unused for regression.
     """
+    if codec is not None and codec.changes_rows:
+        return _location_row(tokenizer, task, text, codec, extent, token_boxes=token_boxes,
+                             target_ids=target_ids, box=box, points=points,
+                             point_labels=point_labels, max_length=max_length,
+                             locate_words=locate_words)
     ids = encode_text(tokenizer, text) if target_ids is None else list(target_ids)
     ids = ids[: max_length - 1]
     labels = ids + [int(tokenizer.eos_token_id)]
@@ -123,6 +159,95 @@ def make_row(tokenizer: Any, task: str, text: str, *, token_boxes: np.ndarray | 
         prompt_box = np.asarray(box, np.float32)
     return Row(task=task, prompt_ids=prompt_ids(tokenizer, task, text), labels=labels,
                point_targets=targets, box=prompt_box, points=points, point_labels=point_labels)
+
+
+def _location_row(tokenizer: Any, task: str, text: str, codec: LocationCodec,
+                  extent: Sequence[float] | None, *, token_boxes: np.ndarray | None,
+                  target_ids: list[int] | None, box: np.ndarray | None,
+                  points: np.ndarray | None, point_labels: np.ndarray | None,
+                  max_length: int, locate_words: bool) -> Row:
+    """:func:`make_row` for a codec that changes rows (see the module docstring)."""
+    if task not in TASK_PROMPTS:
+        raise ValueError(f"unknown task {task!r}; tasks: {sorted(TASK_PROMPTS)}")
+    prompt = TASK_PROMPTS[task].format(text=text)
+    prompt_box = NO_BOX.copy()
+    if task == "loca_caption" and (box is not None or points is not None):
+        if codec.writes_prompts:
+            # The region goes into the text; the prompt encoder sees the whole image.
+            if points is not None:  # positive clicks: a written point has no label
+                keep = (np.ones(len(points), bool) if point_labels is None
+                        else np.asarray(point_labels).reshape(-1) > 0)
+                prompt += " " + " ".join(codec.point_markup(p, extent)
+                                         for p, k in zip(points, keep) if k)
+            else:
+                prompt += " " + codec.box_markup(box, extent)
+            points = point_labels = None
+        elif points is None:
+            prompt_box = np.asarray(box, np.float32)  # as make_row: points win over the box
+    if codec.config.task_tokens:
+        prompt = f"{codec.task_prefix(task)} {prompt}"
+    if codec.writes_targets:
+        if task == "refer" and box is not None:
+            target = encode_text(tokenizer, codec.box_markup(box, extent))
+        elif target_ids is not None:
+            target = list(target_ids)
+        else:
+            target = encode_text(tokenizer, text)
+        labels = target[: max_length - 1] + [int(tokenizer.eos_token_id)]
+        targets = np.full((len(labels), 4), np.nan, np.float32)
+    else:  # regression targets, with a written prompt or task identifier
+        ref = make_row(tokenizer, task, text, token_boxes=token_boxes, target_ids=target_ids,
+                       box=box, max_length=max_length, locate_words=locate_words)
+        labels, targets = ref.labels, ref.point_targets
+    return Row(task=task, prompt_ids=encode_text(tokenizer, prompt), labels=labels,
+               point_targets=targets, box=prompt_box, points=points, point_labels=point_labels)
+
+
+def grounded_row(tokenizer: Any, codec: LocationCodec, utterances: Sequence[str],
+                 utterance_boxes: np.ndarray, *, extent: Sequence[float] | None = None,
+                 max_length: int = 48) -> Row:
+    """A ``trace`` row whose target is a grounded caption (``text`` / ``tokens`` formats).
+
+    Each utterance is a phrase; one with a location (a finite row of ``utterance_boxes``)
+    is followed by its box, one without is plain words. A caption longer than
+    ``max_length`` tokens keeps its first whole phrases only, so no target ends inside a
+    box markup (a cut box would teach malformed boxes).
+
+    Args:
+        tokenizer: the tokenizer with the codec's tokens (:func:`add_location_tokens`).
+        codec: a codec that writes targets.
+        utterances: the narrative's utterances, in order.
+        utterance_boxes: ``(U, 4)`` model-frame boxes, NaN rows for none.
+        extent: content extent in the model frame (the grid's extent).
+        max_length: longest ``labels`` (EOS included).
+    """
+    if not codec.writes_targets:
+        raise ValueError(f"location.format {codec.format!r} has no grounded captions; "
+                         "regression trace rows come from make_row with token_boxes")
+    boxes = np.asarray(utterance_boxes, np.float32).reshape(-1, 4)
+    if len(boxes) != len(utterances):
+        raise ValueError(f"{len(utterances)} utterances but {len(boxes)} boxes")
+    segments = [(u, b) for u, b in zip(utterances, boxes) if u.strip()]
+
+    def ids_of(n: int) -> list[int]:
+        return encode_text(tokenizer, codec.grounded_markup(segments[:n], extent))
+
+    n, ids = len(segments), ids_of(len(segments))
+    if len(ids) > max_length - 1:  # the most whole phrases that fit (binary search)
+        lo, hi = 0, len(segments)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if len(ids_of(mid)) <= max_length - 1:
+                lo = mid
+            else:
+                hi = mid - 1
+        n, ids = lo, ids_of(lo)
+        if n == 0:  # not even the first phrase and its box fit: its words alone, cut
+            text = " ".join(segments[0][0].split())
+            return make_row(tokenizer, "trace", text, max_length=max_length, codec=codec,
+                            extent=extent)
+    return make_row(tokenizer, "trace", codec.grounded_markup(segments[:n], extent),
+                    target_ids=ids, max_length=max_length, codec=codec, extent=extent)
 
 
 def collate(examples: list[Example], pad_id: int = 0) -> dict[str, Any]:

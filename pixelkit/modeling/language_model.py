@@ -35,11 +35,24 @@ which on the tiny preset takes about 10 % off a batched caption call (``pixelkit
 LoRA comes from ``peft.get_peft_model`` with a ``peft.LoraConfig``; the base weights are
 frozen when ``freeze_base`` is set. Weights load with ``from_pretrained`` (hub id or local
 directory) or are built from the architecture with random values.
+
+**Added tokens** (``location.format: tokens``, task identifiers, a word-level tokenizer's
+number words): ``new_token_ids`` are the ids a location tokenizer added
+(:func:`pixelkit.modeling.tokenizer.add_location_tokens`). The embeddings grow to hold them
+(:func:`resize_vocab`, ``resize_token_embeddings``; a random build is simply made that
+large). With a frozen base their rows would never train, so they train through peft's
+trainable tokens: ``trainable_token_indices`` of the ``LoraConfig`` under LoRA, a
+``TrainableTokensConfig`` without it (:func:`token_training_targets`), on the input
+embedding and, when it is not tied to it, the output head (a new token must be both read
+and written). peft wraps only the module it finds by name; T5's encoder and decoder hold
+the same embedding under other names and would keep reading the unwrapped rows, so
+:func:`share_wrapped_embeddings` points them at the wrapper.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +133,65 @@ def load_language_model(cfg: LanguageModelConfig, vocab_size: int | None = None)
     return model
 
 
+def resize_vocab(model: PreTrainedModel, size: int) -> bool:
+    """Grow the input embedding (and an untied output head) to ``size`` rows.
+
+    Uses ``resize_token_embeddings`` (new rows drawn around the mean of the old ones, so a
+    pretrained LM does not start with outliers); a model that already has ``size`` rows or
+    more is left as it is (T5 checkpoints carry 28 spare rows past their tokenizer).
+
+    Returns:
+        Whether the model was resized.
+    """
+    rows = model.get_input_embeddings().weight.shape[0]
+    if size <= rows:
+        return False
+    model.resize_token_embeddings(size)
+    return True
+
+
+def token_training_targets(model: PreTrainedModel, ids: Sequence[int]) -> dict[str, list[int]]:
+    """peft ``trainable_token_indices``: the module names of the input embedding and, when
+    untied, the output head, each with ``ids``."""
+    ids = sorted({int(i) for i in ids})
+    names = {id(m): n for n, m in model.named_modules()}
+    targets = {names[id(model.get_input_embeddings())]: ids}
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not model.get_input_embeddings().weight:
+        targets[names[id(head)]] = ids
+    return targets
+
+
+def share_wrapped_embeddings(model: nn.Module) -> int:
+    """Point every other holder of the input embedding at peft's wrapper of it.
+
+    T5 keeps one embedding matrix as ``shared``, ``encoder.embed_tokens`` and
+    ``decoder.embed_tokens`` (the same module, or in transformers 5 modules sharing one
+    weight); peft's trainable tokens wrap ``shared`` only, so the decoder would read the new
+    tokens' rows without their trained delta. Every other module holding the same weight is
+    replaced by the wrapper. Returns how many were replaced (0 when nothing is wrapped).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    wrapper = base.get_input_embeddings()
+    if hasattr(wrapper, "token_adapter"):  # LoRA's trainable_token_indices
+        original = wrapper.token_adapter.base_layer
+    elif hasattr(wrapper, "trainable_tokens_delta"):  # a TrainableTokensConfig layer
+        original = wrapper.base_layer
+    else:
+        return 0
+    inside = {id(m) for m in wrapper.modules()}
+    changed = 0
+    for module in list(base.modules()):
+        if id(module) in inside:
+            continue
+        for name, child in list(module.named_children()):
+            if child is original or (isinstance(child, nn.Embedding)
+                                     and child.weight is original.weight):
+                setattr(module, name, wrapper)
+                changed += 1
+    return changed
+
+
 def fuse_gelu(model: nn.Module) -> int:
     """Replace every ``NewGELUActivation`` in ``model`` by ``GELUTanh`` (same function, one
     fused kernel; see the module docstring). Neither has weights, so checkpoints are
@@ -172,11 +244,18 @@ class LanguageModel(nn.Module):
     Args:
         cfg: the LM config.
         vocab_size: vocabulary size when the architecture does not fix it.
+        new_token_ids: ids a location tokenizer added (see the module docstring): the
+            embeddings grow to hold them and, with a frozen base, they train through peft's
+            trainable tokens. Empty (default): the model as configured.
     """
 
-    def __init__(self, cfg: LanguageModelConfig, vocab_size: int | None = None) -> None:
+    def __init__(self, cfg: LanguageModelConfig, vocab_size: int | None = None,
+                 new_token_ids: Sequence[int] = ()) -> None:
         super().__init__()
         model = load_language_model(cfg, vocab_size)
+        new_ids = sorted({int(i) for i in new_token_ids})
+        if new_ids:
+            resize_vocab(model, max(vocab_size or 0, new_ids[-1] + 1))
         fuse_gelu(model)
         hf = model.config
         self.is_encoder_decoder = bool(hf.is_encoder_decoder)
@@ -193,17 +272,28 @@ class LanguageModel(nn.Module):
             self.start_id = int(hf.bos_token_id if hf.bos_token_id is not None else hf.eos_token_id)
         if cfg.freeze_base:
             model.requires_grad_(False)
+        # New rows of a frozen base train through peft's trainable tokens; an unfrozen
+        # embedding trains them anyway.
+        tokens = token_training_targets(model, new_ids) if new_ids and cfg.freeze_base else None
         if cfg.lora.r > 0:
             from peft import LoraConfig, get_peft_model
 
+            extra = {"trainable_token_indices": tokens} if tokens else {}
             lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                               lora_dropout=cfg.lora.dropout,
-                              target_modules=list(cfg.lora.target_modules))
+                              target_modules=list(cfg.lora.target_modules), **extra)
             model = get_peft_model(model, lora)
             if not cfg.freeze_base:  # peft freezes the base; honour the config
                 for name, p in model.named_parameters():
                     if "lora_" not in name:
                         p.requires_grad_(True)
+        elif tokens:
+            from peft import TrainableTokensConfig, get_peft_model
+
+            model = get_peft_model(model, TrainableTokensConfig(
+                target_modules=list(tokens), token_indices=new_ids))
+        if tokens:
+            share_wrapped_embeddings(model)
         self.model = model
         self._keep_arg = self._logits_to_keep_arg()
         #: Step T5 through its decoder blocks (see the module docstring); False: always

@@ -32,6 +32,7 @@ from torch import nn
 from pixelkit.config import PixelLLMConfig
 from pixelkit.modeling.image_encoder import ImageEncoder
 from pixelkit.modeling.language_model import LanguageModel
+from pixelkit.modeling.location import LocationCodec
 from pixelkit.modeling.losses import point_l1, text_loss
 from pixelkit.modeling.point_head import PointHead
 from pixelkit.modeling.prompt_encoder import PromptEncoder, pack_prompts
@@ -111,7 +112,16 @@ class PixelLLM(nn.Module, PyTorchModelHubMixin):
         super().__init__()
         self.config = config
         self.image_encoder = ImageEncoder(config.image_encoder, config.image_size)
-        self.language_model = LanguageModel(config.language_model, vocab_size)
+        new_ids: list[int] = []
+        if LocationCodec(config.location).changes_rows:
+            # The location tokenizer's added ids get embedding rows (trained under LoRA).
+            from pixelkit.modeling.tokenizer import load_tokenizer, new_token_ids, tokenizer_for
+
+            lm = config.language_model
+            tok = tokenizer_for(config)
+            new_ids = new_token_ids(load_tokenizer(lm.tokenizer or lm.name), tok)
+            vocab_size = max(vocab_size or 0, len(tok))
+        self.language_model = LanguageModel(config.language_model, vocab_size, new_ids)
         width = config.extractor.width
         self.prompt_encoder = PromptEncoder(width, config.prompt_encoder.pe_scale)
         self.extractor = PromptFeatureExtractor(config.extractor, self.image_encoder.out_channels,
