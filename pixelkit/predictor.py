@@ -66,6 +66,7 @@ from pixelkit.data.transforms import (
     to_model_points,
 )
 from pixelkit.decoding import DecodeOptions, Generation, decode
+from pixelkit.modeling.location import LocationCodec, image_extent
 from pixelkit.modeling.pixel_llm import PixelLLM, PixelLLMOutput
 
 __all__ = [
@@ -76,6 +77,7 @@ __all__ = [
     "ReferResult",
     "SegmentResult",
     "caption_result",
+    "grounded_result",
     "group_words",
     "load_image",
     "mask_to_rle",
@@ -111,19 +113,30 @@ class CaptionResult:
         text: the decoded caption.
         words: its words (whitespace-separated pieces of the decoded tokens).
         points: one ``(x, y)`` per word, pixels of the original image (the box centre).
-        boxes: one ``(x0, y0, x1, y1)`` per word, pixels of the original image.
+        boxes: one ``(x0, y0, x1, y1)`` per word, pixels of the original image. Formats
+            that write boxes (``location.format`` ``text`` / ``tokens``) give each word of a
+            phrase the phrase's box; a word outside any phrase, or in one whose box did not
+            parse, has NaN.
+        num_tokens: generated tokens (EOS excluded).
+        phrases: located phrases in the text (written formats; 0 for ``regression``).
+        parse_failures: of those, the phrases whose box markup did not parse (each a miss).
     """
 
     text: str
     words: list[str]
     points: list[Point]
     boxes: list[Box]
+    num_tokens: int = 0
+    phrases: int = 0
+    parse_failures: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (plain lists and floats)."""
         return {"text": self.text, "words": list(self.words),
                 "points": _floats(self.points) if self.points else [],
-                "boxes": _floats(self.boxes) if self.boxes else []}
+                "boxes": _floats(self.boxes) if self.boxes else [],
+                "num_tokens": int(self.num_tokens), "phrases": int(self.phrases),
+                "parse_failures": int(self.parse_failures)}
 
 
 @dataclass
@@ -131,20 +144,28 @@ class ReferResult:
     """Where a referring expression is.
 
     Attributes:
-        box: ``(x0, y0, x1, y1)`` pixels of the original image.
-        score: geometric-mean probability of the expression's tokens given the prompt, in
-            (0, 1] (see :meth:`Predictor.refer`).
+        box: ``(x0, y0, x1, y1)`` pixels of the original image; None when a written answer
+            (``location.format`` ``text`` / ``tokens``) holds no box that parses.
+        score: geometric-mean probability of the scored tokens, in (0, 1] (see
+            :meth:`Predictor.refer`).
         truncated: the expression was longer than the model reads (the config's
             ``max_prompt_tokens`` / ``max_text_length``) and only its start was used.
+        error: why there is no box (one of
+            :data:`pixelkit.modeling.location.PARSE_ERRORS`), else None.
+        num_tokens: generated tokens of the answer (EOS excluded); 0 for ``regression``,
+            whose box is read from a teacher-forced pass.
     """
 
-    box: Box
+    box: Box | None
     score: float
     truncated: bool = False
+    error: str | None = None
+    num_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"box": _floats(self.box), "score": float(self.score),
-                "truncated": bool(self.truncated)}
+        return {"box": None if self.box is None else _floats(self.box),
+                "score": float(self.score), "truncated": bool(self.truncated),
+                "error": self.error, "num_tokens": int(self.num_tokens)}
 
 
 @dataclass
@@ -416,11 +437,36 @@ def caption_result(tokenizer: Any, ids: Sequence[int], token_points: Any,
     """
     text, words, locating = group_words(tokenizer, ids)
     if not words:
-        return CaptionResult(text=text, words=[], points=[], boxes=[])
+        return CaptionResult(text=text, words=[], points=[], boxes=[], num_tokens=len(ids))
     boxes = point_head_boxes(token_points[locating], size)                   # (n_words, 4)
+    return _word_result(text, words, boxes, num_tokens=len(ids))
+
+
+def _word_result(text: str, words: list[str], boxes: np.ndarray, **counts: int
+                 ) -> CaptionResult:
+    """A :class:`CaptionResult` of per-word ``(n, 4)`` pixel boxes (points: their centres)."""
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     return CaptionResult(text=text, words=words, points=[tuple(p) for p in centres.tolist()],
-                         boxes=[tuple(b) for b in boxes.tolist()])
+                         boxes=[tuple(b) for b in boxes.tolist()], **counts)
+
+
+def grounded_result(codec: LocationCodec, text: str, size: tuple[int, int],
+                    num_tokens: int = 0) -> CaptionResult:
+    """A generated caption of a format that writes boxes, as a :class:`CaptionResult`.
+
+    The markup is stripped (:meth:`LocationCodec.parse_grounded`): each word of a phrase
+    takes the phrase's box (pixels; NaN for words without one), its point the box centre.
+
+    Args:
+        codec: the model's location codec.
+        text: the decoded generation.
+        size: ``(W, H)`` of the original image (the grid covers its content).
+        num_tokens: the generated tokens it came from.
+    """
+    g = codec.parse_grounded(text, image_extent(size))
+    boxes = from_model_boxes(g.word_boxes, size)                             # NaN stays NaN
+    return _word_result(g.text, g.words, boxes, num_tokens=num_tokens,
+                        phrases=len(g.phrases), parse_failures=g.failures)
 
 
 def _ordered(points4: np.ndarray) -> np.ndarray:
@@ -479,7 +525,11 @@ class Predictor:
 
             tokenizer = tokenizer_for(model.config)
         self.tokenizer = tokenizer
-        self.max_text_length = int(model.config.language_model.max_text_length)
+        #: How boxes enter and leave the text (``model.config.location``).
+        self.codec = LocationCodec(model.config.location)
+        # Formats that write boxes need room for them (LocationCodec.target_length).
+        self.max_text_length = self.codec.target_length(
+            tokenizer, int(model.config.language_model.max_text_length))
         self.decode_options = decode_options or DecodeOptions(
             max_new_tokens=max(1, self.max_text_length - 1))
         self.info: dict[str, Any] = dict(info or {})
@@ -611,15 +661,20 @@ class Predictor:
     def refer(self, expression: str) -> ReferResult:
         """Locate a referring expression.
 
-        Teacher-forced, not generated: the prompt is "where is {expression}", the target is
-        the expression + EOS, and the box is the point-head output at the position whose
-        label is EOS (the state that has read the whole expression), as in training.
+        ``regression`` (PixelLLM): teacher-forced, not generated: the prompt is "where is
+        {expression}", the target is the expression + EOS, and the box is the point-head
+        output at the position whose label is EOS (the state that has read the whole
+        expression), as in training. ``text`` / ``tokens``: the answer is generated (at
+        most one box markup long) and its box parsed
+        (:meth:`~pixelkit.modeling.location.LocationCodec.decode_box`); an answer that does
+        not parse gives ``box=None`` and the reason in ``error``, never an exception.
 
         Returns:
             :class:`ReferResult`: the box in pixels, and as score the geometric mean of the
-            target tokens' probabilities (EOS included), ``exp(mean log p)``: how well the
-            expression fits what the model sees, comparable across expressions of different
-            lengths.
+            scored tokens' probabilities, ``exp(mean log p)``: for ``regression`` the target
+            tokens (EOS included), how well the expression fits what the model sees,
+            comparable across expressions of different lengths; for written formats the
+            generated answer's tokens.
         """
         return self.refer_batch([self.image], [expression])[0]
 
@@ -729,7 +784,8 @@ class Predictor:
             pts = points[i] if points is not None else None
             lab = labels[i] if labels is not None else None
             rows.append(self._prompt_row(image, task, box, pts, lab))
-        gen = self.generate(images, rows)
+        # Written formats locate words by their markup, not the point head.
+        gen = self.generate(images, rows, with_points=not self.codec.writes_targets)
         return [self._caption_result(gen, r, image.size) for r, image in enumerate(images)]
 
     @torch.no_grad()
@@ -741,12 +797,14 @@ class Predictor:
         if not images:
             return []
         rows, cut = [], []
-        for expr in expressions:
+        for image, expr in zip(images, expressions):
             if not isinstance(expr, str) or not expr.strip():
                 raise ValueError(f"a referring expression must be a non-empty string, got {expr!r}")
             expr, truncated = self._bounded_expression(expr.strip())
             cut.append(truncated)
-            rows.append(make_row(self.tokenizer, "refer", expr, max_length=self.max_text_length))
+            rows.append(self._row(image, "refer", expr))
+        if self.codec.writes_targets:
+            return self._refer_written(images, rows, cut)
         out, batch = self.forward_rows(images, rows)
         labels = batch["labels"]                                              # (R, L)
         valid = labels != -100
@@ -760,6 +818,26 @@ class Predictor:
             px = point_head_boxes(box[r:r + 1], image.size)[0]
             results.append(ReferResult(box=tuple(px.tolist()), score=float(score[r]),
                                        truncated=cut[r]))
+        return results
+
+    def _refer_written(self, images: Sequence[EncodedImage], rows: Sequence[Row],
+                       cut: Sequence[bool]) -> list[ReferResult]:
+        """Referring for formats that write the box: generate the answer (greedy, at most
+        one box markup and EOS long) and parse it; an answer that does not parse has no
+        box and says why. Score: ``exp(mean log p)`` of the generated tokens, EOS included
+        when emitted."""
+        n = self.codec.box_length(self.tokenizer) + 1
+        gen = self.generate(images, rows, with_points=False,
+                            options=DecodeOptions(max_new_tokens=n, with_points=False))
+        eos = (gen.lengths < n).long()  # rows cut at max_new_tokens emitted no EOS
+        score = torch.exp(gen.scores / (gen.lengths + eos).clamp(min=1))
+        results = []
+        for r, image in enumerate(images):
+            parse = self.codec.decode_box(self._text(gen, r), image_extent(image.size))
+            box = None if parse.box is None else \
+                tuple(from_model_boxes(parse.box[None], image.size)[0].tolist())
+            results.append(ReferResult(box=box, score=float(score[r]), truncated=cut[r],
+                                       error=parse.error, num_tokens=int(gen.lengths[r])))
         return results
 
     def _bounded_expression(self, expression: str) -> tuple[str, bool]:
@@ -800,7 +878,7 @@ class Predictor:
             kept.append((px[ok], scores[ok]))
             for b in norm[ok]:
                 prompt_images.append(image)
-                rows.append(make_row(self.tokenizer, "loca_caption", "", box=b.astype(np.float32)))
+                rows.append(self._row(image, "loca_caption", "", box=b.astype(np.float32)))
         texts: list[str] = []
         if rows:
             gen = self.generate(prompt_images, rows, with_points=False)
@@ -839,8 +917,14 @@ class Predictor:
             point_labels = _check_labels(labels, len(p))
         elif labels is not None:
             raise ValueError("labels given without points")
-        return make_row(self.tokenizer, task, "", box=model_box, points=model_pts,
-                        point_labels=point_labels, max_length=self.max_text_length)
+        return self._row(image, task, "", box=model_box, points=model_pts,
+                         point_labels=point_labels)
+
+    def _row(self, image: EncodedImage, task: str, text: str, **kwargs: Any) -> Row:
+        """:func:`~pixelkit.data.encoding.make_row` as in training: the model's location
+        codec, on the grid of this image's content."""
+        return make_row(self.tokenizer, task, text, max_length=self.max_text_length,
+                        codec=self.codec, extent=image_extent(image.size), **kwargs)
 
     def collate_rows(self, images: Sequence[EncodedImage], rows: Sequence[Row]
                      ) -> tuple[dict[str, Any], torch.Tensor, list[int]]:
@@ -874,8 +958,13 @@ class Predictor:
 
     @torch.no_grad()
     def generate(self, images: Sequence[EncodedImage], rows: Sequence[Row],
-                 with_points: bool = True) -> Generation:
+                 with_points: bool = True, options: DecodeOptions | None = None) -> Generation:
         """Decode rows (prompts) over encoded images, in the input order.
+
+        Args:
+            images, rows: one encoded image per row.
+            with_points: run the point head.
+            options: decoding options (default: :attr:`decode_options`).
 
         Returns:
             :class:`~pixelkit.decoding.Generation` with one row per input row.
@@ -885,7 +974,7 @@ class Predictor:
         visual = m.visual_tokens(features, batch["boxes"], batch["points"], batch["point_labels"],
                                  batch["image_index"])
         prefix, mask = m.prefix(visual, batch["prompt_ids"], batch["prompt_mask"])
-        options = self.decode_options
+        options = options or self.decode_options
         if options.with_points != with_points:
             options = DecodeOptions(**{**asdict(options), "with_points": with_points})
         gen = decode(m, prefix, mask, options)
@@ -924,6 +1013,8 @@ class Predictor:
 
     def _caption_result(self, gen: Generation, r: int, size: tuple[int, int]) -> CaptionResult:
         n = int(gen.lengths[r])
+        if self.codec.writes_targets:  # the locations are in the text
+            return grounded_result(self.codec, self._text(gen, r), size, num_tokens=n)
         return caption_result(self.tokenizer, gen.tokens[r, :n].tolist(), gen.points[r, :n], size)
 
 

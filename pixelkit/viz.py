@@ -8,6 +8,7 @@ convention); small images are upscaled first so words stay legible.
 from __future__ import annotations
 
 import colorsys
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -77,18 +78,23 @@ def draw_trace(image: Image.Image | np.ndarray, words: Sequence[str],
         label: write each word next to its dot.
 
     Returns:
-        A new RGB image (the start is marked with a ring, the end with a square).
+        A new RGB image (the start is marked with a ring, the end with a square). A word
+        without a point (NaN: a written-format word outside any located phrase) is not
+        drawn.
     """
     img, s = _canvas(image, min_side)
     draw = ImageDraw.Draw(img)
     n = len(words) if upto is None else min(upto, len(words))
     cols = word_colours(len(words))
-    pts = [(float(x) * s, float(y) * s) for x, y in points[:n]]
+    at = {i: (float(x) * s, float(y) * s) for i, (x, y) in enumerate(points[:n])
+          if math.isfinite(float(x)) and math.isfinite(float(y))}
+    order = list(at)
+    pts = list(at.values())
     r = max(3, img.width // 90)
     font = _font(max(10, img.width // 32))
-    for i in range(1, len(pts)):
-        draw.line([pts[i - 1], pts[i]], fill=cols[i], width=max(1, r // 2))
-    for i, (x, y) in enumerate(pts):
+    for k in range(1, len(pts)):
+        draw.line([pts[k - 1], pts[k]], fill=cols[order[k]], width=max(1, r // 2))
+    for i, (x, y) in at.items():
         rr = r * 2 if i == highlight else r
         draw.ellipse([x - rr, y - rr, x + rr, y + rr], fill=cols[i], outline=(0, 0, 0))
         if label:
@@ -100,8 +106,8 @@ def draw_trace(image: Image.Image | np.ndarray, words: Sequence[str],
                      width=2)
         x, y = pts[-1]
         draw.rectangle([x - 2 * r, y - 2 * r, x + 2 * r, y + 2 * r], outline=(255, 255, 255), width=2)
-    if highlight is not None and highlight < n:
-        x, y = pts[highlight]
+    if highlight is not None and highlight in at:
+        x, y = at[highlight]
         draw.ellipse([x - 4 * r, y - 4 * r, x + 4 * r, y + 4 * r], outline=(255, 255, 255), width=3)
     return img
 

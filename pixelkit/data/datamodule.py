@@ -47,8 +47,9 @@ from pixelkit.data.formats import MissingImageError, detect_and_load, iter_any, 
 from pixelkit.data.packed import PackedSamples
 from pixelkit.data.schema import Sample
 from pixelkit.data.transforms import SampleTransform, TrainTransform
+from pixelkit.config import LocationConfig, PixelLLMConfig
 from pixelkit.modeling.location import LocationCodec
-from pixelkit.modeling.tokenizer import load_tokenizer
+from pixelkit.modeling.tokenizer import load_tokenizer, location_tokenizer
 
 #: Tasks a source can train; ``densecap`` trains the proposal head and captions its regions.
 SOURCE_TASKS = ("caption", "trace", "refer", "loca_caption", "densecap")
@@ -492,6 +493,11 @@ class PixelDataModule(L.LightningDataModule):
             read from under it (:mod:`pixelkit.data.catalog`); explicit ``ann`` / ``images``
             paths are used as given.
         tokenizer: the LM tokenizer (``"shapes"``, hub id or directory); must match the model.
+            The location format is the model's (``model.location.*``): :meth:`setup` takes it
+            from the trainer's model (:meth:`set_location`), adds its tokens to this
+            tokenizer and encodes every row with its codec; ``max_text_length`` then grows
+            for the formats that write boxes into targets
+            (:meth:`~pixelkit.modeling.location.LocationCodec.target_length`).
         image_size: the model's input side S.
         batch_size: examples per batch (a ``densecap`` example holds several region rows).
         samples_per_epoch: examples drawn per training epoch (with replacement).
@@ -551,12 +557,32 @@ class PixelDataModule(L.LightningDataModule):
         if not 0 <= max_bad_image_share <= 1:
             raise ValueError(f"PixelDataModule.max_bad_image_share must be in [0, 1], "
                              f"got {max_bad_image_share}")
+        #: The LM tokenizer; with a location format, the one with its tokens
+        #: (:meth:`set_location`, from the model at :meth:`setup`).
         self.tokenizer = load_tokenizer(tokenizer)
+        #: The model's location codec (``model.location.*``, the one place the format is
+        #: set): :meth:`setup` takes it from the trainer's model.
+        self.codec = LocationCodec()
         self.images = DecodedImages(image_cache_mb)
         self.train_set: MixtureDataset | None = None
         self.val_sets: list[TaskDataset] = []
         #: Bad images met so far: path -> message (first met first).
         self.bad_images: dict[str, str] = {}
+
+    def set_location(self, location: LocationConfig | dict[str, Any] | None) -> None:
+        """Encode rows for a model's ``location`` config: its codec, and the tokenizer with
+        the tokens it adds (:func:`~pixelkit.modeling.tokenizer.add_location_tokens`).
+
+        :meth:`setup` calls it with the trainer's model config, so the format is set in one
+        place (``model.location.*``); call it yourself to use the data module without a
+        trainer. Datasets built before are rebuilt.
+        """
+        codec = LocationCodec(location)
+        if codec.config == self.codec.config:
+            return
+        self.codec = codec
+        self.tokenizer = location_tokenizer(self.hparams.tokenizer, codec.config)
+        self.train_set, self.val_sets = None, []
 
     def _dataset(self, src: SourceConfig, train: bool) -> TaskDataset:
         hp = self.hparams
@@ -569,13 +595,20 @@ class PixelDataModule(L.LightningDataModule):
                                     scale_jitter=tuple(hp.scale_jitter) if hp.scale_jitter else None,
                                     seed=hp.seed)
                      if train else SampleTransform(hp.image_size))
+        # Written formats put boxes into the targets: the budget grows so that a narrative
+        # that fits as plain text is not cut inside its boxes (LocationCodec.target_length).
         return TaskDataset(samples, src.task, self.tokenizer, transform,
-                           max_text_length=hp.max_text_length, alignment=hp.alignment,
+                           max_text_length=self.codec.target_length(self.tokenizer,
+                                                                    hp.max_text_length),
+                           alignment=hp.alignment, codec=self.codec,
                            point_prompt_prob=hp.point_prompt_prob if train else 0.0,
                            box_jitter=hp.box_jitter if train else 0.0,
                            max_regions=hp.max_regions, seed=hp.seed, images=self.images)
 
     def setup(self, stage: str | None = None) -> None:
+        config = getattr(getattr(self.trainer, "lightning_module", None), "config", None)
+        if isinstance(config, PixelLLMConfig):  # the model decides the location format
+            self.set_location(config.location)
         if self.train_set is None and stage in (None, "fit"):
             self.train_set = MixtureDataset([self._dataset(s, True) for s in self.train_sources])
         if not self.val_sets and self.val_sources:

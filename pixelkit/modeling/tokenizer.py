@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 if TYPE_CHECKING:
-    from pixelkit.config import PixelLLMConfig
+    from pixelkit.config import LocationConfig, PixelLLMConfig
     from pixelkit.modeling.location import LocationCodec
 
 #: Words of every text the shapes world writes, plus the task prompts' words.
@@ -106,11 +106,18 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 def tokenizer_for(config: PixelLLMConfig) -> PreTrainedTokenizerBase:
     """The tokenizer of a model config (``language_model.tokenizer`` or its ``name``), with
     the location tokens its ``location`` adds (:func:`add_location_tokens`)."""
+    lm = config.language_model
+    return location_tokenizer(lm.tokenizer or lm.name, config.location)
+
+
+def location_tokenizer(name: str, location: LocationConfig | dict | None
+                       ) -> PreTrainedTokenizerBase:
+    """The tokenizer ``name`` (:func:`load_tokenizer`) with the tokens a ``location`` config
+    adds (:func:`add_location_tokens`; none for the default ``regression``)."""
     from pixelkit.modeling.location import LocationCodec
 
-    lm = config.language_model
-    tok = load_tokenizer(lm.tokenizer or lm.name)
-    codec = LocationCodec(config.location)
+    tok = load_tokenizer(name)
+    codec = LocationCodec(location)
     return add_location_tokens(tok, codec) if codec.changes_rows else tok
 
 

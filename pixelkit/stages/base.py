@@ -37,6 +37,7 @@ from pixelkit.config import ModelOverrides, PixelLLMConfig, overrides_dict
 from pixelkit.data.encoding import IGNORE_INDEX, MODEL_KEYS, TASK_IDS
 from pixelkit.eval import refer_accuracy, trace_l1
 from pixelkit.loggers import RUN_STATE_KEY, run_state
+from pixelkit.modeling.location import LocationCodec
 from pixelkit.modeling.pixel_llm import PixelLLM
 from pixelkit.modeling.trainable import format_summary, parameter_summary, set_trainable
 
@@ -90,6 +91,9 @@ class PixelLLMStage(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(hparams)
         self.config = PixelLLMConfig.from_name(preset, overrides=overrides)
+        #: How boxes enter and leave the text (``model.location.*``); the data module reads
+        #: the format from :attr:`config` at setup.
+        self.codec = LocationCodec(self.config.location)
         self.model = PixelLLM(self.config)
         if init_from:
             self.load_weights(init_from)
@@ -230,7 +234,11 @@ class PixelLLMStage(L.LightningModule):
         for tid in task.unique().tolist():
             name, rows = _TASK_NAMES[tid], task == tid
             log(f"val/{name}/token_acc", correct[rows].sum() / valid[rows].sum(), int(rows.sum()))
-            if name == "refer":
+            if name == "refer" and self.codec.writes_targets:
+                hits, failures, n = self._written_refer(out.logits[rows], labels[rows])
+                log("val/refer/p_at_0.5", hits / n, n)
+                log("val/refer/parse_failure_rate", failures / n, n)
+            elif name == "refer":
                 # box = point head at the position whose label is EOS (last valid position),
                 # corners ordered as the Predictor does; P@0.5 from pixelkit.eval
                 r_idx = torch.nonzero(rows).flatten()
@@ -240,11 +248,47 @@ class PixelLLMStage(L.LightningModule):
                                   torch.maximum(p[:, :2], p[:, 2:])], 1)
                 gt = batch["point_targets"][r_idx, last]
                 log("val/refer/p_at_0.5", refer_accuracy(pred.cpu(), gt.cpu()), len(r_idx))
-            if name == "trace":
+            if name == "trace" and batch["point_mask"][rows].any():  # written formats: none
                 m = batch["point_mask"][rows].bool()
                 l1 = trace_l1(out.points[rows].detach().float().cpu(),
                               batch["point_targets"][rows].cpu(), m.cpu())
                 log("val/trace/l1", l1, int(m.sum()))
+
+    def _written_refer(self, logits: torch.Tensor, labels: torch.Tensor
+                       ) -> tuple[float, int, int]:
+        """Teacher-forced referring of a format that writes the box: the argmax tokens at
+        the target's positions, parsed (:meth:`LocationCodec.decode_box`), against the
+        target's own box. IoU is the same in any frame scaled per axis, so both are read on
+        the default grid extent. A failed parse is a miss.
+
+        Args:
+            logits: ``(R, L, V)`` of the refer rows.
+            labels: ``(R, L)`` their targets (-100 padding).
+
+        Returns:
+            ``(hits at IoU > 0.5, parse failures, rows)``.
+        """
+        tok = self._location_tokenizer()
+        hits = failures = 0
+        for pred, gold in zip(logits.argmax(-1).tolist(), labels.tolist()):
+            keep = [i for i, g in enumerate(gold) if g != IGNORE_INDEX]
+            truth = self.codec.decode_box(tok.decode([gold[i] for i in keep],
+                                                     skip_special_tokens=True))
+            got = self.codec.decode_box(tok.decode([pred[i] for i in keep],
+                                                   skip_special_tokens=True))
+            failures += not got.ok
+            if got.ok and truth.ok:
+                iou = box_iou(torch.from_numpy(got.box[None]), torch.from_numpy(truth.box[None]))
+                hits += bool(iou[0, 0] > 0.5)
+        return float(hits), failures, len(labels)
+
+    def _location_tokenizer(self) -> Any:
+        """The model's tokenizer with its location tokens (built once)."""
+        if getattr(self, "_tokenizer", None) is None:
+            from pixelkit.modeling.tokenizer import tokenizer_for
+
+            self._tokenizer = tokenizer_for(self.config)
+        return self._tokenizer
 
     def on_validation_epoch_end(self) -> None:
         losses = [v for k, v in self.trainer.callback_metrics.items()

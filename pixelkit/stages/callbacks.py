@@ -64,8 +64,11 @@ class PredictionImages(L.Callback):
             row = [draw_trace(image, cap.words, cap.points, min_side=192)]
             if s.task == "refer" and len(s.boxes):
                 ref = predictor.refer(s.text)
-                row.append(draw_boxes(image, [ref.box, s.boxes[0]], [s.text, "truth"],
-                                      colours=[(255, 60, 60), (60, 255, 60)], min_side=192))
+                # A written answer that did not parse has no box: the truth alone.
+                shown = [(ref.box, s.text, (255, 60, 60))] if ref.box is not None else []
+                shown.append((s.boxes[0], "truth", (60, 255, 60)))
+                row.append(draw_boxes(image, [b for b, _, _ in shown], [t for _, t, _ in shown],
+                                      colours=[c for _, _, c in shown], min_side=192))
             if self.dense and pl_module.model.proposal_head is not None:
                 dc = predictor.dense_caption(max_regions=5, score_threshold=0.2)
                 row.append(draw_boxes(image, dc.boxes, dc.captions, dc.scores, min_side=192))
