@@ -9,12 +9,13 @@
 =============  ===================================  ==========================================
 task           annotation file (read_any)           metrics (keys of metrics.json)
 =============  ===================================  ==========================================
-refer          MDETR ``finetune_refcoco*.json``     ``p_at_0.5``, ``mean_iou``
+refer          MDETR ``finetune_refcoco*.json``     ``p_at_0.5``, ``mean_iou``,
+                                                    ``parse_failure_rate``, ``generated_tokens``
 loca-caption   GRiT / VG regions json               ``exact_match``, ``CIDEr``, ``METEOR``,
-                                                    ``BLEU-4``, ``ROUGE-L``
-caption        COCO ``captions_*.json``             the same four + ``exact_match``
+                                                    ``BLEU-4``, ``ROUGE-L``, ``generated_tokens``
+caption        COCO ``captions_*.json``             the same
 densecap       GRiT / VG regions json               ``mAP``, ``mAP_detection``
-trace          Localized Narratives ``.jsonl``      ``l1``
+trace          Localized Narratives ``.jsonl``      ``l1``, ``parse_failure_rate``
 =============  ===================================  ==========================================
 
 plus counts (``num_samples``, ``num_skipped`` by the reader, and the metric's own).
@@ -29,7 +30,9 @@ needed to recompute the numbers independently.
 Notes per task:
 
 * ``refer``: one teacher-forced pass per batch (:meth:`Predictor.refer_batch`); P@0.5 is
-  :func:`pixelkit.eval.refer_accuracy` (IoU strictly above 0.5).
+  :func:`pixelkit.eval.refer_accuracy` (IoU strictly above 0.5). With a ``location.format``
+  that writes boxes (``text``, ``tokens``) the answer is generated and parsed; an answer
+  without a box that parses is a miss (IoU 0) and counts in ``parse_failure_rate``.
 * ``caption`` / ``loca-caption``: one batched decode per batch; a COCO image with several
   captions is captioned once and scored against all of them. Scores are
   :func:`pixelkit.eval.caption_scores` (pycocoevalcap; needs Java) and
@@ -41,7 +44,12 @@ Notes per task:
   averaged over the four coordinates and pooled over all tokens with a target, in the
   model frame's normalised coordinates (pixels / max(W, H), the frame of the training
   loss). Targets come from :func:`pixelkit.data.alignment.align_caption` with
-  ``method="text"`` on the evaluation transform's utterance boxes, as in training.
+  ``method="text"`` on the evaluation transform's utterance boxes, as in training. Formats
+  that write boxes are teacher-forced on the grounded caption with the model's own box
+  values (:func:`_predict_grounded_trace`): the L1 of each word's phrase box, in the same
+  units. Pointing accuracy of *generated* narratives is
+  :func:`pixelkit.report.pointing_accuracy_on` (every format: words take their phrase's
+  box centre).
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 from typing import Any
 
@@ -164,27 +173,43 @@ def _box(b: Any) -> list[float]:
 
 def predict_refer(predictor: Any, samples: Sequence[Sample], batch_size: int = 32,
                   progress: bool = False) -> Records:
-    """One record per expression: ``expression``, ``box`` and ``score`` (predicted, pixels),
-    ``gt_box`` (pixels)."""
+    """One record per expression: ``expression``, ``box`` (predicted, pixels; null when a
+    written answer did not parse, with the reason in ``error``), ``score``,
+    ``num_tokens`` (generated) and ``gt_box`` (pixels)."""
     records: Records = []
     for chunk in _chunks(samples, batch_size, progress, "refer"):
         results = predictor.refer_batch(_encode(predictor, chunk), [s.text for s in chunk])
         for s, r in zip(chunk, results):
             rec = _base_record(len(records), s)
-            rec.update(expression=s.text, box=_box(r.box), score=float(r.score),
+            rec.update(expression=s.text, box=None if r.box is None else _box(r.box),
+                       score=float(r.score), error=r.error, num_tokens=int(r.num_tokens),
                        gt_box=_box(s.boxes[0]))
             records.append(rec)
     return records
 
 
 def score_refer(records: Records) -> dict[str, Any]:
-    """``p_at_0.5`` (IoU > 0.5), ``mean_iou`` and ``num_samples`` from refer records."""
+    """``p_at_0.5`` (IoU > 0.5), ``mean_iou``, ``parse_failure_rate`` (answers without a
+    box, each a miss at IoU 0), ``generated_tokens`` (mean per answer; 0 for
+    ``regression``, whose box comes from a teacher-forced pass) and ``num_samples``."""
     from pixelkit.eval import box_iou_pairs, refer_accuracy
 
-    pred = [r["box"] for r in records]
+    # A missing box is an empty one: IoU 0 with anything, a miss.
+    pred = [r["box"] if r.get("box") is not None else [0.0, 0.0, 0.0, 0.0] for r in records]
     gt = [r["gt_box"] for r in records]
     return {"p_at_0.5": refer_accuracy(pred, gt), "mean_iou": float(box_iou_pairs(pred, gt).mean()),
-            "num_samples": len(records)}
+            "parse_failure_rate": _share(sum(r.get("box") is None for r in records), len(records)),
+            "generated_tokens": _mean_tokens(records), "num_samples": len(records)}
+
+
+def _share(part: int, total: int) -> float:
+    """``part / total``; NaN for nothing counted (visible, not a perfect 0)."""
+    return part / total if total else float("nan")
+
+
+def _mean_tokens(records: Records) -> float:
+    """Mean ``num_tokens`` of the records (generated tokens per answer)."""
+    return float(np.mean([r.get("num_tokens", 0) for r in records])) if records else float("nan")
 
 
 def evaluate_refer(predictor: Any, samples: Sequence[Sample], batch_size: int = 32,
@@ -234,7 +259,7 @@ def predict_captions(predictor: Any, samples: Sequence[Sample], batch_size: int 
                 rec["box"] = _box(s.boxes[0])
             d = r.to_dict()
             rec.update(caption=d["text"], words=d["words"], points=d["points"], boxes=d["boxes"],
-                       references=list(refs))
+                       num_tokens=d["num_tokens"], references=list(refs))
             records.append(rec)
     return records
 
@@ -254,6 +279,7 @@ def score_captions(records: Records, metrics: Sequence[str] | None = None,
     refs = {r["index"]: r["references"] for r in records}
     out: dict[str, Any] = {"exact_match": exact_match(preds, refs)}
     out.update(caption_scores(preds, refs, metrics or CAPTION_METRICS, meteor=meteor))
+    out["generated_tokens"] = _mean_tokens(records)
     return out
 
 
@@ -326,6 +352,8 @@ def predict_trace(predictor: Any, samples: Sequence[Sample], batch_size: int = 1
 
     tok = predictor.tokenizer
     transform = SampleTransform(predictor.model.config.image_size)
+    if predictor.codec.writes_targets:
+        return _predict_grounded_trace(predictor, samples, batch_size, progress, transform)
     records: Records = []
     for chunk in _chunks(samples, batch_size, progress, "trace"):
         images = _encode(predictor, chunk)
@@ -355,24 +383,75 @@ def predict_trace(predictor: Any, samples: Sequence[Sample], batch_size: int = 1
     return records
 
 
+def _predict_grounded_trace(predictor: Any, samples: Sequence[Sample], batch_size: int,
+                            progress: bool, transform: Any) -> Records:
+    """:func:`predict_trace` for formats that write boxes: teacher-forced on the narrative's
+    grounded caption (:func:`~pixelkit.data.encoding.grounded_row`, as in training), with
+    the model's argmax at the box values' positions
+    (:meth:`~pixelkit.modeling.location.LocationCodec.value_positions`) and the true tokens
+    elsewhere. Each box is thus predicted given the true words before it, as the point head
+    is; each word gets its phrase's box (pixels), the predicted one ``null`` where it did not
+    parse (a failure: counted in ``parse_failures``, left out of the L1)."""
+    from pixelkit.data.encoding import grounded_row
+    from pixelkit.data.transforms import from_model_boxes
+
+    tok, codec = predictor.tokenizer, predictor.codec
+    records: Records = []
+    for chunk in _chunks(samples, batch_size, progress, "trace"):
+        images = _encode(predictor, chunk)
+        rows, extents = [], []
+        for s, im in zip(chunk, images):
+            ts = transform(s, image=im.image)
+            extents.append(ts.frame.visible[2:])
+            rows.append(grounded_row(tok, codec, ts.utterances, ts.utterance_boxes,
+                                     extent=extents[-1], max_length=predictor.max_text_length))
+        out, _ = predictor.forward_rows(images, rows)
+        for r, (s, row) in enumerate(zip(chunk, rows)):
+            gold = row.labels[:-1]  # EOS excluded
+            argmax = out.logits[r, : len(gold)].argmax(-1).tolist()
+            spliced = [a if v else g for a, g, v in
+                       zip(argmax, gold, codec.value_positions(tok.convert_ids_to_tokens(gold)))]
+            truth = codec.parse_grounded(_decode_text(tok, gold), extents[r])
+            got = codec.parse_grounded(_decode_text(tok, spliced), extents[r])
+            if got.words != truth.words:  # a box value predicted as a word: no box read
+                got = dataclass_replace(truth, word_boxes=np.full_like(truth.word_boxes, np.nan),
+                                        phrases=[dataclass_replace(p, box=None, error="malformed")
+                                                 for p in truth.phrases])
+            pred, target = (from_model_boxes(g.word_boxes, s.image_size) for g in (got, truth))
+            rec = _base_record(len(records), s)
+            rec.update(text=truth.text, tokens=truth.words,
+                       pred_boxes=[p.tolist() if np.isfinite(p).all() else None for p in pred],
+                       target_boxes=[t.tolist() if np.isfinite(t).all() else None for t in target],
+                       phrases=len(got.phrases), parse_failures=got.failures)
+            records.append(rec)
+    return records
+
+
 def _decode_text(tokenizer: Any, ids: Sequence[int]) -> str:
     """The decoded text of target ids (what the model was scored on, after truncation)."""
     return tokenizer.decode(list(ids), skip_special_tokens=True).strip()
 
 
 def score_trace(records: Records) -> dict[str, Any]:
-    """``l1``: token-pooled mean |pred - target| over the 4 coordinates, pixels / max(W, H)."""
+    """``l1``: token-pooled mean |pred - target| over the 4 coordinates, pixels / max(W, H)
+    (written formats: word-pooled, over the words whose box parsed); ``parse_failure_rate``:
+    the share of located phrases whose box did not parse (0 for ``regression``)."""
     from pixelkit.eval import trace_l1
 
     preds, targets = [], []
     for r in records:
         scale = float(max(r["image_size"]))
         for p, t in zip(r["pred_boxes"], r["target_boxes"]):
-            if t is not None:
+            if t is not None and p is not None:  # p: null where a written box failed
                 preds.append(np.asarray(p, np.float64) / scale)
                 targets.append(np.asarray(t, np.float64) / scale)
     l1 = trace_l1(np.asarray(preds).reshape(-1, 4), np.asarray(targets).reshape(-1, 4))
-    return {"l1": l1, "num_tokens": len(preds), "num_samples": len(records)}
+    # The point head gives every token a location: regression never fails to give one.
+    written = any("phrases" in r for r in records)
+    failures = _share(sum(r.get("parse_failures", 0) for r in records),
+                      sum(r.get("phrases", 0) for r in records)) if written else 0.0
+    return {"l1": l1, "num_tokens": len(preds), "num_samples": len(records),
+            "parse_failure_rate": failures}
 
 
 def evaluate_trace(predictor: Any, samples: Sequence[Sample], batch_size: int = 16,

@@ -405,6 +405,15 @@ class LocationCodec:
                                add_special_tokens=False).input_ids)
         return max_text_length + (max_text_length - 1) * (marked - plain)
 
+    def value_positions(self, tokens: Sequence[str]) -> list[bool]:
+        """Which of a target's tokens (``convert_ids_to_tokens``) carry a box's values: the
+        ``<loc_i>`` tokens, or for text boxes the digit pieces. A teacher-forced evaluation
+        puts the model's predictions there and keeps the rest of the target, so each box is
+        predicted given the true words before it (as the point head is)."""
+        if self.style == "tokens":
+            return [re.fullmatch(r"<loc_\d+>", t) is not None for t in tokens]
+        return [t.lstrip("▁Ġ#").isdigit() for t in tokens]
+
     # ------------------------------------------------------------------ reading
     def _values_box(self, values: list[int], n: int, extent: tuple[float, float],
                     span: tuple[int, int]) -> BoxParse:

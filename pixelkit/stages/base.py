@@ -123,10 +123,34 @@ class PixelLLMStage(L.LightningModule):
             state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
         state = restore_frozen(self.model, dict(state), ckpt[META_KEY].get("frozen") or {},
                                f"init_from {path}")
+        state = self._grown_vocabulary(state)
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"init_from {path}: architecture differs from this stage's model "
                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+
+    def _grown_vocabulary(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state`` with its vocabulary rows placed into this model's larger vocabulary.
+
+        A location format adds tokens after the existing ids (``<loc_i>``, the grid's
+        numbers, task identifiers), so a checkpoint of the same model without them (the
+        ``regression`` caption stage every interface starts from) has fewer rows in the
+        LM's embedding and head: its rows are copied over the first ones and the added rows
+        keep this model's initialisation. Only tensors whose first dimension is the
+        vocabulary grow; any other difference stays an architecture error.
+        """
+        own = self.model.state_dict()
+        vocab = self.model.language_model.model.get_input_embeddings().weight.shape[0]
+        out = dict(state)
+        for key, value in state.items():
+            mine = own.get(key)
+            if (mine is not None and mine.ndim >= 1 and value.ndim == mine.ndim
+                    and mine.shape[0] == vocab and value.shape[0] < vocab
+                    and value.shape[1:] == mine.shape[1:]):
+                grown = mine.detach().clone()
+                grown[: value.shape[0]] = value
+                out[key] = grown
+        return out
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         dm = getattr(self.trainer, "datamodule", None)
