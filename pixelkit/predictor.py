@@ -36,6 +36,14 @@ input is the token), and trailing punctuation glued to a word ("circle,") is ski
 because its own trace target is the travel to the next object. The word's box is the two
 points ordered into ``(min x, min y, max x, max y)``; its point is the box centre.
 
+**Location formats** (``model.config.location``, :class:`~pixelkit.modeling.location.LocationCodec`).
+Rows are built with the model's codec, on the grid of the image's content. With
+``text`` / ``tokens`` the locations are in the generated text: :meth:`Predictor.refer`
+generates the box markup and parses it (``box=None`` and ``error`` when it does not
+parse), and a caption's markup is stripped, each word of a phrase taking the phrase's box
+(:func:`grounded_result`); ``location.prompt: text`` writes a box prompt into the text.
+The result types are the same for every format.
+
 **Batching.** An image is encoded once (:meth:`Predictor.set_image` /
 :meth:`Predictor.encode_images`); all prompts of a call are one batched decode over those
 shared features (``features[image_index]``): :meth:`caption_boxes` captions many boxes in

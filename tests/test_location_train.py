@@ -110,7 +110,7 @@ def test_slim_checkpoint_keeps_the_new_rows(trained) -> None:
     stage = trained["refer"][3]
     model, _ = load_model(trained["slim"])
     assert model.config.location == stage.config.location
-    own = {k: v for k, v in stage.model.state_dict().items()}
+    own = stage.model.state_dict()
     for key, value in model.state_dict().items():
         assert torch.equal(value, own[key]), key
     emb = "language_model.model.shared.weight"
@@ -118,22 +118,18 @@ def test_slim_checkpoint_keeps_the_new_rows(trained) -> None:
     # Same outputs: one teacher-forced batch through both.
     dm = trained["refer"][1]
     batch = dm._collate([dm.val_sets[0][0]])
+    inputs = {k: batch[k] for k in ("images", "image_index", "boxes", "points", "point_labels",
+                                    "prompt_ids", "prompt_mask", "labels")}
     stage.model.eval()
     with torch.no_grad():
-        a = stage.model(**{k: batch[k] for k in ("images", "image_index", "boxes", "points",
-                                                 "point_labels", "prompt_ids", "prompt_mask",
-                                                 "labels")})
-        b = model(**{k: batch[k] for k in ("images", "image_index", "boxes", "points",
-                                           "point_labels", "prompt_ids", "prompt_mask",
-                                           "labels")})
-    assert torch.equal(a.logits, b.logits)
+        assert torch.equal(stage.model(**inputs).logits, model(**inputs).logits)
 
 
 def test_predictor_result_types(trained, world) -> None:
     p = Predictor.from_checkpoint(trained["slim"], device="cpu",
                                   decode_options=DecodeOptions(max_new_tokens=40))
     assert p.codec.format == FORMATS[trained["name"]]["format"]
-    p.set_image(sorted(VAL.image_dir(world).iterdir())[0])
+    p.set_image(min(VAL.image_dir(world).iterdir()))
     W, H = p.image.size
     for result in (p.caption(), p.caption(box=(2, 2, W / 2, H / 2)), p.caption(task="caption")):
         assert isinstance(result, CaptionResult)

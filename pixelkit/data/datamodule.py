@@ -41,13 +41,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pixelkit.config import LocationConfig, PixelLLMConfig
 from pixelkit.data.alignment import align_caption
 from pixelkit.data.encoding import Example, collate, grounded_row, make_row
 from pixelkit.data.formats import MissingImageError, detect_and_load, iter_any, load_rgb
 from pixelkit.data.packed import PackedSamples
 from pixelkit.data.schema import Sample
 from pixelkit.data.transforms import SampleTransform, TrainTransform
-from pixelkit.config import LocationConfig, PixelLLMConfig
 from pixelkit.modeling.location import LocationCodec
 from pixelkit.modeling.tokenizer import load_tokenizer, location_tokenizer
 
