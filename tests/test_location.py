@@ -601,3 +601,26 @@ def test_combinations_of_the_switches() -> None:
             assert tok.unk_token_id not in row.prompt_ids + row.labels, (fmt, prompt, task)
             assert np.isnan(row.box).all() == (task != "loca_caption" or prompt == "text")
             assert np.array_equal(np.isnan(row.box), np.isnan(NO_BOX)) or task == "loca_caption"
+
+
+def test_group_phrases_merges_where_the_mouse_stays() -> None:
+    from pixelkit.modeling.location import group_phrases
+
+    nan = [np.nan] * 4
+    utterances = ["in", "a", "red", "circle", "and", "a", "blue", "square", "here", "."]
+    boxes = np.array([
+        [0.80, 0.80, 0.90, 0.85],                                     # travel in
+        [0.10, 0.10, 0.14, 0.14], [0.12, 0.12, 0.16, 0.16], [0.11, 0.10, 0.15, 0.13],
+        [0.15, 0.15, 0.60, 0.60],                                     # travel: too wide to join
+        [0.60, 0.60, 0.64, 0.64], [0.61, 0.62, 0.65, 0.66], [0.60, 0.61, 0.63, 0.65],
+        nan, nan])                                                    # no location: plain words
+    out = group_phrases(utterances, boxes)
+    assert [p for p, _ in out] == ["in", "a red circle", "and", "a blue square", "here ."]
+    np.testing.assert_allclose(out[1][1], [0.10, 0.10, 0.16, 0.16])   # the union
+    assert out[4][1] is None
+    # a mouse drifting in small steps is cut once the phrase grows past 6 * radius
+    drift = np.array([[x, 0.5, x + 0.02, 0.52] for x in np.arange(0.0, 0.8, 0.04)])
+    spans = [b[2] - b[0] for _, b in group_phrases(["w"] * len(drift), drift)]
+    assert len(spans) > 1 and max(spans) <= 6 * 0.05 + 1e-9
+    with pytest.raises(ValueError, match="utterances"):
+        group_phrases(["a"], boxes)

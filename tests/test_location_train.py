@@ -247,7 +247,7 @@ def test_init_from_a_regression_checkpoint_grows_the_vocabulary(world, tmp_path)
 def test_narratives_are_not_cut_in_written_formats(world) -> None:
     for location in FORMATS.values():
         dm = PixelDataModule(train=shapes_sources(str(world), "train", ["trace"]),
-                             batch_size=2)  # max_text_length 48: four words with boxes
+                             batch_size=2, hflip_prob=0.0)  # max_text_length 48: a few phrases
         dm.set_location(location)
         dm.setup("fit")
         ds = dm.train_set.parts[0]
@@ -255,4 +255,5 @@ def test_narratives_are_not_cut_in_written_formats(world) -> None:
             text = dm.tokenizer.decode(ds[i].rows[0].labels, skip_special_tokens=True)
             g = dm.codec.parse_grounded(text)
             assert g.failures == 0
-            assert len(g.words) == len(ds.samples[i].text.split())
+            # no word lost (the decoder may glue punctuation to the word before it)
+            assert "".join(g.words) == "".join(ds.samples[i].text.split())

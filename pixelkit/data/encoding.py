@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from pixelkit.modeling.location import group_phrases
+
 if TYPE_CHECKING:
     from pixelkit.modeling.location import LocationCodec
 
@@ -208,8 +210,9 @@ def grounded_row(tokenizer: Any, codec: LocationCodec, utterances: Sequence[str]
                  max_length: int = 48) -> Row:
     """A ``trace`` row whose target is a grounded caption (``text`` / ``tokens`` formats).
 
-    Each utterance is a phrase; one with a location (a finite row of ``utterance_boxes``)
-    is followed by its box, one without is plain words. A caption longer than
+    Utterances are grouped into phrases (:func:`~pixelkit.modeling.location.group_phrases`:
+    runs the mouse spent in one place); a phrase is followed by its box, an utterance said
+    while the mouse travelled is plain words. A caption longer than
     ``max_length`` tokens keeps its first whole phrases only, so no target ends inside a
     box markup (a cut box would teach malformed boxes).
 
@@ -224,10 +227,7 @@ def grounded_row(tokenizer: Any, codec: LocationCodec, utterances: Sequence[str]
     if not codec.writes_targets:
         raise ValueError(f"location.format {codec.format!r} has no grounded captions; "
                          "regression trace rows come from make_row with token_boxes")
-    boxes = np.asarray(utterance_boxes, np.float32).reshape(-1, 4)
-    if len(boxes) != len(utterances):
-        raise ValueError(f"{len(utterances)} utterances but {len(boxes)} boxes")
-    segments = [(u, b) for u, b in zip(utterances, boxes) if u.strip()]
+    segments = group_phrases(utterances, utterance_boxes)
 
     def ids_of(n: int) -> list[int]:
         return encode_text(tokenizer, codec.grounded_markup(segments[:n], extent))
