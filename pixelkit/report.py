@@ -9,6 +9,7 @@ inside the box of an object with that colour / shape (:func:`pixelkit.eval.point
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ TARGETS: dict[str, tuple[float, bool]] = {
     "densecap.mAP": (0.30, True),
     "wall_seconds": (600.0, False),
 }
+#: The tasks the quickstart's final evaluation scores (:func:`val_metrics`).
+QUICKSTART_TASKS: tuple[str, ...] = ("refer", "loca-caption", "caption", "trace", "densecap")
 
 
 def shapes_objects(instances_json: Path) -> dict[int, list[tuple[list[float], set[str]]]]:
@@ -64,6 +67,48 @@ def pointing_accuracy_on(predictor: Any, data: Path, split: str = "val",
             "pointing_words": total}, shown
 
 
+def val_metrics(predictor: Any, data: Path, tasks: Sequence[str] = QUICKSTART_TASKS,
+                limit: int | None = None, pointing: bool = True, **scorers: Any
+                ) -> dict[str, Any]:
+    """A model's metrics on a shapes world's val split, with pointing accuracy.
+
+    Args:
+        predictor: the :class:`~pixelkit.predictor.Predictor`.
+        data: the world's root (``pixelkit synth --out``).
+        tasks: :data:`pixelkit.evaluate.EVAL_TASKS` keys, evaluated in order.
+        limit: the first ``limit`` samples of each task (None: all).
+        pointing: also generate whole-image narratives for the pointing accuracy.
+        **scorers: per task key (``loca_caption``...), options for
+            :func:`pixelkit.evaluate.evaluate` (a shared METEOR scorer, ``metrics``).
+
+    Returns:
+        A flat dict, keys like ``refer.p_at_0.5``; with ``pointing``,
+        ``trace.pointing_accuracy`` and the
+        generated narratives' ``trace.caption_parse_failure_rate`` (phrases whose box did
+        not parse; 0 for ``regression``, which writes none).
+    """
+    from pixelkit.data import catalog
+    from pixelkit.evaluate import evaluate, load_samples
+
+    val = catalog.get("shapes/val")
+    metrics: dict[str, Any] = {}
+    for task in tasks:
+        key = task.replace("-", "_")
+        samples = load_samples(task, val.annotation(key, data), val.image_dir(data))[0]
+        samples = samples[:limit] if limit else samples
+        result, _ = evaluate(task, predictor, samples, batch_size=32, progress=True,
+                             **scorers.get(key, {}))
+        metrics.update({f"{key}.{name}": value for name, value in result.items()})
+    if not pointing:
+        return metrics
+    points, shown = pointing_accuracy_on(predictor, data, limit=limit)
+    metrics.update({f"trace.{k}": v for k, v in points.items()})
+    phrases = sum(res.phrases for _, res, _ in shown)
+    metrics["trace.caption_parse_failure_rate"] = (
+        sum(res.parse_failures for _, res, _ in shown) / phrases if phrases else 0.0)
+    return metrics
+
+
 def evaluate_final(out: Path, last_ckpt: Path, stages: dict[str, Any],
                    limit: int | None = None) -> tuple[dict[str, Any], Path]:
     """Write the slim all-task checkpoint and evaluate it on the val split.
@@ -72,31 +117,17 @@ def evaluate_final(out: Path, last_ckpt: Path, stages: dict[str, Any],
         (flat metrics dict with keys like ``refer.p_at_0.5``, the checkpoint path).
     """
     from pixelkit.checkpoint import load_model, save_model
-    from pixelkit.data import catalog
     from pixelkit.eval.caption import MeteorScorer
-    from pixelkit.evaluate import evaluate, load_samples
     from pixelkit.predictor import Predictor
 
-    data = out / "data"
     model, meta = load_model(last_ckpt)
     predictor = Predictor(model)
-    val = catalog.get("shapes/val")
-    metrics: dict[str, Any] = {}
     # One METEOR JVM for the three captioning tasks: its first call loads the paraphrase
     # tables (~5 s idle), later calls take well under a second each.
     with MeteorScorer() as meteor:
-        scorers = {"loca_caption": {"meteor": meteor}, "caption": {"meteor": meteor},
-                   "densecap": {"meteor_fn": lambda c, r: meteor.score(c, r)[1]}}
-        for task in ("refer", "loca-caption", "caption", "trace", "densecap"):
-            key = task.replace("-", "_")
-            samples = load_samples(task, val.annotation(key, data), val.image_dir(data))[0]
-            samples = samples[:limit] if limit else samples
-            result, _ = evaluate(task, predictor, samples, batch_size=32, progress=True,
-                                 **scorers.get(key, {}))
-            for name, value in result.items():
-                metrics[f"{key}.{name}"] = value
-    pointing, _ = pointing_accuracy_on(predictor, data, limit=limit)
-    metrics.update({f"trace.{k}": v for k, v in pointing.items()})
+        metrics = val_metrics(predictor, out / "data", limit=limit,
+                              loca_caption={"meteor": meteor}, caption={"meteor": meteor},
+                              densecap={"meteor_fn": lambda c, r: meteor.score(c, r)[1]})
     ckpt = save_model(model, out / "checkpoints" / "pixelllm.ckpt", stage="all (quickstart chain)",
                       stages=list(stages), trained_on=meta.get("trained_on", []),
                       world="pixelkit shapes world (64 px)",
@@ -129,8 +160,10 @@ def _pictures(out: Path, ckpt: Path, n: int = 4) -> dict[str, Path]:
         rows["traces"].append(draw_trace(image, cap.words, cap.points))
         boxes, labels = [], []
         for e in exprs.get(image_id, []):
-            boxes.append(predictor.refer(e).box)
-            labels.append(e)
+            box = predictor.refer(e).box
+            if box is not None:  # a written answer that did not parse: nothing to draw
+                boxes.append(box)
+                labels.append(e)
         rows["refer"].append(draw_boxes(image, boxes, labels))
         gt = [b for b, _ in objects[image_id]]
         regions = predictor.caption_boxes(gt)

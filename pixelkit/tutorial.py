@@ -56,6 +56,7 @@ __all__ = [
     "fixtures_dir",
     "gpu_fit_table",
     "grounding_checkpoints",
+    "interface_answers",
     "lens_table",
     "nms_example",
     "output_dir",
@@ -402,7 +403,9 @@ def split_refer_records(records: Sequence[Mapping[str, Any]], threshold: float =
 
     if not records:
         return [], []
-    ious = box_iou_pairs([r["box"] for r in records], [r["gt_box"] for r in records])
+    # a written answer without a box that parses (``box`` null) is a miss at IoU 0
+    ious = box_iou_pairs([r["box"] if r["box"] is not None else [0.0] * 4 for r in records],
+                         [r["gt_box"] for r in records])
     rows = [{**r, "iou": float(i)} for r, i in zip(records, ious)]
     good = sorted([r for r in rows if r["iou"] > threshold], key=lambda r: -r["iou"])
     bad = sorted([r for r in rows if r["iou"] <= threshold], key=lambda r: r["iou"])
@@ -744,3 +747,38 @@ def random_tiny_sam(seed: int = 0) -> Any:
         mask_decoder_config={"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
                              "mlp_dim": 32, "iou_head_hidden_dim": 16})
     return SamModel(cfg).eval()
+
+
+def interface_answers(checkpoints: Mapping[str, Any], world: Path, n: int = 3,
+                      min_side: int = 160) -> Any:
+    """Each location format's answers on the same val images, a row per format: per image
+    the referring box of its first expression (red; ground truth green; nothing drawn for
+    an answer that did not parse) and the generated narrative's words at their points.
+
+    Args:
+        checkpoints: format -> checkpoint (e.g. the runs of
+            :func:`pixelkit.interfaces.compare_interfaces`).
+        world: the shapes world.
+        n: images.
+        min_side: panel size.
+    """
+    from pixelkit.predictor import Predictor
+    from pixelkit.viz import draw_refer, draw_trace, image_grid
+
+    shown = [s for s in shapes_images(world, "val", n * 3) if s.expressions][:n]
+    rows, cols = [], []
+    for ckpt in checkpoints.values():
+        predictor = Predictor.from_checkpoint(ckpt)
+        panels = []
+        for s in shown:
+            predictor.set_image(s.image)
+            expression, truth = s.expressions[0]
+            answer = predictor.refer(expression)
+            caption = predictor.caption()
+            panels.append(draw_refer(predictor.image.image, answer.box, truth, min_side=min_side))
+            panels.append(draw_trace(predictor.image.image, caption.words, caption.points,
+                                     min_side=min_side))
+        rows.append(panels)
+    for s in shown:
+        cols += [s.expressions[0][0][:24], "narrative"]
+    return image_grid(rows, row_titles=list(checkpoints), col_titles=cols)

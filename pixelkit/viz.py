@@ -253,10 +253,12 @@ def image_grid(rows: Sequence[Sequence[Image.Image]], row_titles: Sequence[str] 
     return out
 
 
-def draw_refer(image: Image.Image | np.ndarray, pred_box: Box, gt_box: Box | None = None,
+def draw_refer(image: Image.Image | np.ndarray, pred_box: Box | None, gt_box: Box | None = None,
                *, min_side: int = 384) -> Image.Image:
-    """A referring prediction: the predicted box in red, the ground truth in green."""
-    boxes, labels, cols = [pred_box], ["pred"], [(255, 50, 50)]
+    """A referring prediction: the predicted box in red (None: a written answer that did not
+    parse, nothing drawn), the ground truth in green."""
+    boxes, labels, cols = ([pred_box], ["pred"], [(255, 50, 50)]) if pred_box is not None \
+        else ([], [], [])
     if gt_box is not None:
         boxes.append(gt_box)
         labels.append("truth")
@@ -585,4 +587,35 @@ def line_plot(series: dict[str, Sequence[float]], out: Path | str, *, xlabel: st
         ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(plt, fig, out)
+
+
+def bar_charts(panels: dict[str, dict[str, tuple[float, float]]], out: Path | str, *,
+               ncols: int = 3) -> Path:
+    """One small bar chart per panel (e.g. per metric: a bar per compared setting, with its
+    spread as an error bar) to a PNG. NaN bars are left empty and marked "n/a".
+
+    Args:
+        panels: title -> {bar label -> (value, std)}.
+        out: PNG path.
+        ncols: panels per row.
+    """
+    plt = _pyplot()
+    n = max(len(panels), 1)
+    rows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(rows, ncols, figsize=(3.2 * ncols, 2.6 * rows), squeeze=False)
+    for ax, (title, bars) in zip(axes.flat, panels.items()):
+        labels = list(bars)
+        values = [bars[k][0] for k in labels]
+        errs = [0.0 if not np.isfinite(bars[k][1]) else bars[k][1] for k in labels]
+        ax.bar(range(len(labels)), np.nan_to_num(values), yerr=errs, capsize=3,
+               color=[tuple(c / 255 for c in col) for col in word_colours(len(labels))])
+        for i, v in enumerate(values):
+            ax.text(i, 0 if not np.isfinite(v) else v, "n/a" if not np.isfinite(v) else f"{v:.3g}",
+                    ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
     return _save(plt, fig, out)

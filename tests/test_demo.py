@@ -178,6 +178,29 @@ def test_refer(handlers, predictor, examples) -> None:
     assert drawn.size == (384, 384) and "mask_area" not in out
 
 
+@pytest.mark.parametrize("location", [{"format": "text"}, {"format": "tokens"}])
+def test_the_four_tabs_on_formats_that_write_boxes(location) -> None:
+    """A `text` and a `tokens` model (location.format) through every tab's handler: the same
+    results as the Predictor's, and an answer without a box that parses shows no box."""
+    torch.manual_seed(0)
+    model = PixelLLM(PixelLLMConfig.from_name("tiny", {"location": location})).eval()
+    predictor = Predictor(model, device="cpu", decode_options=DecodeOptions(max_new_tokens=12))
+    h = app.DemoHandlers(predictor)
+    image = _noise(100, 60)
+    text, trace, view, result = next(h.caption(image, "trace"))
+    # (json: a word outside any located phrase has a NaN point, and NaN != NaN)
+    assert json.dumps(result) == json.dumps(predictor.set_image(image).caption().to_dict())
+    assert trace.size == (640, 384)
+    editor = _editor(image, [((10, 10, 40, 40), app.POSITIVE)])
+    *_, region = next(h.region_caption(editor, "box"))
+    assert region["text"] == predictor.set_image(image).caption(box=(10, 10, 39, 39)).text
+    drawn, out = h.refer(image, "the red circle")
+    assert out == predictor.set_image(image).refer("the red circle").to_dict()
+    assert (out["box"] is None) == (out["error"] is not None) and drawn.size == (640, 384)
+    (shown, annotations), rows, dense = h.dense_caption(image, 0.0, 3)
+    assert len(rows) == len(dense["boxes"]) <= 3
+
+
 def test_refer_with_sam_shows_the_mask(model, tiny_sam) -> None:
     h = app.DemoHandlers(Predictor(model, device="cpu", sam=tiny_sam))
     image = _noise(90, 50)

@@ -20,7 +20,7 @@ This is the one place that fixes the conventions shared by training (the datamod
 
 * ``text`` / ``tokens``: a ``refer`` target is the box as written by the codec
   (``[12,40,33,61]`` or ``<box><loc_a><loc_b></box>``); a ``trace`` target is a grounded
-  caption (:func:`grounded_row`: each located utterance is a phrase with its box). These
+  caption (:func:`grounded_row`: utterances grouped into phrases, each with its box). These
   rows have **no point targets**: the point loss is off for them, so a comparison of
   formats compares the interfaces alone. Per-word locations for evaluation come from
   parsing the generated markup (``LocationCodec.parse_grounded``: the phrase's box goes to
@@ -211,8 +211,8 @@ def grounded_row(tokenizer: Any, codec: LocationCodec, utterances: Sequence[str]
     """A ``trace`` row whose target is a grounded caption (``text`` / ``tokens`` formats).
 
     Utterances are grouped into phrases (:func:`~pixelkit.modeling.location.group_phrases`:
-    runs the mouse spent in one place); a phrase is followed by its box, an utterance said
-    while the mouse travelled is plain words. A caption longer than
+    runs the mouse spent in one place); a phrase is followed by its box, utterances
+    without a location are plain words. A caption longer than
     ``max_length`` tokens keeps its first whole phrases only, so no target ends inside a
     box markup (a cut box would teach malformed boxes).
 

@@ -440,6 +440,8 @@ class DemoHandlers:
         enc = self.encode(im)
         result = self.predictor.refer_batch([enc], [expression])[0]
         out = result.to_dict()
+        if result.box is None:  # a written answer (location.format text / tokens) that did not parse
+            return draw_boxes(im, []), out  # the result says why (``error``)
         shown = im
         if getattr(self.predictor, "sam", None) is not None:
             mask = self.predictor.mask_from_box(result.box, enc)
