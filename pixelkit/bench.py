@@ -25,6 +25,9 @@ Benches:
     attention: what attention maps per word cost (:func:`attention_bench`): a teacher-forced
         pass with eager attention returning every weight against the usual sdpa pass, for
         the tiny preset and a Flan-T5-base shaped LM.
+    location: ms per referring answer (``Predictor.refer``) of the ``text`` and ``tokens``
+        location formats against ``regression`` (:func:`location_bench`), the tiny preset
+        on one core, each written answer its box's tokens plus EOS.
     checkpoint: checkpoint size without the frozen pretrained weights (meta device).
     real_step: ms per training step of the ``base`` preset at real sizes (384 px,
         ViT-B/16, Flan-T5-base width) at random initialisation, bf16-mixed autocast on the
@@ -818,6 +821,69 @@ def bench_attention(args: argparse.Namespace) -> dict[str, float]:
         if getattr(args, "quick", False):
             return attention_bench(reps=2, models=("tiny",))
         return attention_bench()
+
+
+def location_bench(reps: int = 30, seed: int = 0,
+                   expressions: tuple[str, ...] = ("the red circle", "a small blue square",
+                                                   "the green triangle on the left")
+                   ) -> dict[str, float]:
+    """ms per referring answer (:meth:`Predictor.refer`) of each location format, the tiny
+    preset at random initialisation, the same image and expressions for every format.
+
+    ``regression`` reads the box from the point head at the EOS label of one
+    teacher-forced pass (no token generated); ``text`` / ``tokens`` generate the box markup
+    and parse it. A random model's answer would stop anywhere, so EOS is forbidden inside
+    the markup (``min_new_tokens``): every written answer is its box's tokens
+    (:meth:`LocationCodec.box_length`) plus EOS, as a trained model's (with the shapes
+    tokenizer every box is that long). The image is encoded once, outside the timing: its
+    cost is the same for every format. One round refers every expression once per format,
+    in interleaved rounds (:func:`interleaved_times`).
+
+    Returns:
+        ``refer_ms_<format>`` (median CPU ms per answer) and
+        ``refer_<format>_vs_regression`` (:func:`paired_ratio`) for ``text`` and ``tokens``.
+    """
+    import torch
+
+    from pixelkit.config import PixelLLMConfig
+    from pixelkit.decoding import DecodeOptions
+    from pixelkit.modeling.pixel_llm import PixelLLM
+    from pixelkit.predictor import Predictor
+
+    image = np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    refer: dict[str, Callable[[], Any]] = {}
+    steps: dict[str, int] = {}
+    for fmt in ("regression", "text", "tokens"):
+        torch.manual_seed(seed)
+        model = PixelLLM(PixelLLMConfig.from_name("tiny", {"location": {"format": fmt}})).eval()
+        predictor = Predictor(model, device="cpu").set_image(image)
+        n = 1  # regression: no token generated, the box read at the EOS state
+        if predictor.codec.writes_targets:
+            n = predictor.codec.box_length(predictor.tokenizer) + 1
+            predictor.decode_options = DecodeOptions(max_new_tokens=n, min_new_tokens=n - 1)
+        refer[fmt] = lambda p=predictor: [p.refer(e) for e in expressions]
+        # LM steps the shortest answer took: its tokens, plus one for EOS unless it was cut
+        # at n; the test checks that forbidding EOS made every answer n long.
+        steps[fmt] = min(min(r.num_tokens + 1, n) for r in refer[fmt]())
+    record_meta("location", tokens_per_answer=steps, expressions=list(expressions),
+                regression="one teacher-forced pass over the expression and EOS; the box "
+                           "is the point head's output at the EOS state")
+    t = interleaved_times(refer, reps)
+    out: dict[str, float] = {"reps": float(reps)}
+    for fmt, times in t.items():
+        out[f"refer_ms_{fmt}"] = _ms(times) / len(expressions)
+    for fmt in ("text", "tokens"):
+        out[f"refer_{fmt}_vs_regression"] = paired_ratio(t[fmt], t["regression"])
+    return out
+
+
+@register("location")
+def bench_location(args: argparse.Namespace) -> dict[str, float]:
+    """ms per referring answer of the ``text`` and ``tokens`` location formats as a ratio
+    against ``regression`` (issue #15, :func:`location_bench`). Full: 30 interleaved
+    rounds of 3 expressions; ``--quick``: 2 rounds."""
+    with single_core():
+        return location_bench(reps=2 if getattr(args, "quick", False) else 30)
 
 
 # --------------------------------------------------------------------------------------------

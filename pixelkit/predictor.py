@@ -832,11 +832,14 @@ class Predictor:
                        cut: Sequence[bool]) -> list[ReferResult]:
         """Referring for formats that write the box: generate the answer (greedy, at most
         one box markup and EOS long) and parse it; an answer that does not parse has no
-        box and says why. Score: ``exp(mean log p)`` of the generated tokens, EOS included
-        when emitted."""
+        box and says why. :attr:`decode_options`' ``min_new_tokens`` applies, capped at the
+        box markup (EOS stays allowed after it): with it an untrained model answers as long
+        as a trained one (``pixelkit bench --only location``). Score: ``exp(mean log p)`` of
+        the generated tokens, EOS included when emitted."""
         n = self.codec.box_length(self.tokenizer) + 1
-        gen = self.generate(images, rows, with_points=False,
-                            options=DecodeOptions(max_new_tokens=n, with_points=False))
+        least = min(self.decode_options.min_new_tokens, n - 1)
+        gen = self.generate(images, rows, with_points=False, options=DecodeOptions(
+            max_new_tokens=n, min_new_tokens=least, with_points=False))
         eos = (gen.lengths < n).long()  # rows cut at max_new_tokens emitted no EOS
         score = torch.exp(gen.scores / (gen.lengths + eos).clamp(min=1))
         results = []

@@ -52,6 +52,27 @@ def test_attention_bench_quick_writes_its_figures(tmp_path: Path) -> None:
     assert math.isfinite(results["tiny_attention_overhead"])
 
 
+def test_location_bench_quick_writes_its_figures(tmp_path: Path) -> None:
+    """Every format's ms per answer and the two ratios, and each written answer as long as
+    its box markup plus EOS (the random model not stopping early nor babbling on)."""
+    from pixelkit.modeling.location import LocationCodec
+    from pixelkit.modeling.tokenizer import tokenizer_for
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--only", "location", "--quick", "--out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    results = payload["results"]["location"]
+    for key in ("refer_ms_regression", "refer_ms_text", "refer_ms_tokens",
+                "refer_text_vs_regression", "refer_tokens_vs_regression"):
+        assert math.isfinite(results[key]) and results[key] > 0, key
+    steps = payload["meta"]["benches"]["location"]["tokens_per_answer"]
+    assert steps["regression"] == 1
+    for fmt in ("text", "tokens"):
+        config = PixelLLMConfig.from_name("tiny", {"location": {"format": fmt}})
+        length = LocationCodec(config.location).box_length(tokenizer_for(config))
+        assert steps[fmt] == length + 1, fmt
+
+
 def test_data_scale_bench_small(tmp_path: Path) -> None:
     """The data_scale figures on a 400-narrative file with 2 workers (the bench's own path;
     the 500k figures are the README's)."""
