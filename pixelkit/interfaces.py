@@ -39,8 +39,8 @@ import numpy as np
 from pixelkit.files import atomic_write_text
 from pixelkit.runs import Study, run_study
 
-__all__ = ["FORMATS", "METRICS", "InterfaceComparison", "compare_interfaces",
-           "interface_metrics", "steps_to_reach"]
+__all__ = ["FORMATS", "METRICS", "REFER_WITHOUT_TRACE", "InterfaceComparison",
+           "compare_interfaces", "interface_metrics", "steps_to_reach", "trace_ablation"]
 
 #: The compared values of ``model.location.format`` (the other ``location.*`` keep their
 #: defaults: ``text`` on a 100-bin grid as MiniGPT-v2, ``tokens`` 32 x 32 corner cells as
@@ -61,6 +61,21 @@ METRICS: dict[str, str] = {
 }
 
 
+def _refer_without_trace() -> list[dict[str, Any]]:
+    """The packaged refer stage's training sources less its narrative (trace) replay."""
+    import yaml
+
+    from pixelkit.training import CONFIG_DIR
+
+    train = yaml.safe_load((CONFIG_DIR / "refer.yaml").read_text())["data"]["train"]
+    return [dict(src) for src in train if src["task"] != "trace"]
+
+
+#: refer.yaml's training data without its replay of narratives, which would be trace
+#: training in an arm that must have none (:func:`trace_ablation`, notebook 09).
+REFER_WITHOUT_TRACE: list[dict[str, Any]] = _refer_without_trace()
+
+
 @dataclass
 class InterfaceComparison:
     """A finished comparison.
@@ -71,17 +86,20 @@ class InterfaceComparison:
         files: ``md``, ``csv`` and ``png`` of the table.
     """
 
-    study: Study
+    study: Study | None
     runs: list[dict[str, Any]]
     files: dict[str, Path] = field(default_factory=dict)
+    #: What tells the compared arms apart: ``format`` (:func:`compare_interfaces`) or
+    #: ``init`` (:func:`trace_ablation`).
+    label: str = "format"
 
     def table(self) -> list[dict[str, Any]]:
-        """Per format: each metric's mean and ``<metric> std`` over seeds (NaN-free runs)."""
+        """Per arm: each metric's mean and ``<metric> std`` over seeds (NaN-free runs)."""
         rows = []
-        for fmt in dict.fromkeys(r["format"] for r in self.runs):
-            row: dict[str, Any] = {"format": fmt}
+        for arm in dict.fromkeys(r[self.label] for r in self.runs):
+            row: dict[str, Any] = {self.label: arm}
             for key in METRICS:
-                got = [r[key] for r in self.runs if r["format"] == fmt
+                got = [r[key] for r in self.runs if r[self.label] == arm
                        and r.get(key) is not None and not math.isnan(r[key])]
                 row[key] = float(np.mean(got)) if got else float("nan")
                 row[key + " std"] = float(np.std(got)) if got else float("nan")
@@ -147,36 +165,81 @@ def compare_interfaces(out: str | Path, *, init_from: str | Path, data_root: str
     study = run_study("refer", "model.location.format", list(formats), seeds=seeds, out=out,
                       name="location-interfaces", quiet=quiet, init_from=init_from,
                       data_root=data_root, steps=steps, val_every=val_every, **options)
-    runs = []
-    for fmt, seed, run in study.runs:
-        metrics = interface_metrics(run.last, data_root, limit=eval_limit)
-        metrics["steps_to_0.8"] = steps_to_reach(run.csv, "val/refer/p_at_0.5", 0.8)
-        runs.append({"format": fmt, "seed": seed, **{k: metrics.get(k) for k in METRICS}})
+    runs = [{"format": fmt, "seed": seed, **_run_metrics(run, data_root, eval_limit)}
+            for fmt, seed, run in study.runs]
     comparison = InterfaceComparison(study=study, runs=runs)
-    comparison.files = write_comparison(comparison, out)
+    comparison.files = write_comparison(
+        comparison, out, f"Location interfaces: the referring stage per format, seeds {list(seeds)}")
     return comparison
 
 
-def write_comparison(comparison: InterfaceComparison, out: Path) -> dict[str, Path]:
-    """``interfaces.md`` (mean ± std per format), ``interfaces.csv`` (one row per run) and
-    ``interfaces.png`` (a bar chart per metric), written atomically."""
+def _run_metrics(run: Any, data_root: str | Path, eval_limit: int | None) -> dict[str, Any]:
+    """:data:`METRICS` of a finished refer run (a :class:`~pixelkit.runs.StageRun`)."""
+    metrics = interface_metrics(run.last, data_root, limit=eval_limit)
+    metrics["steps_to_0.8"] = steps_to_reach(run.csv, "val/refer/p_at_0.5", 0.8)
+    return {k: metrics.get(k) for k in METRICS}
+
+
+def trace_ablation(out: str | Path, *, checkpoints: dict[str, str | Path],
+                   data_root: str | Path, seeds: Sequence[int] = (0,), steps: int | None = None,
+                   val_every: int | None = None, eval_limit: int | None = None,
+                   format: str = "regression", quiet: bool = True,
+                   **options: Any) -> InterfaceComparison:
+    """The paper's ablation: does per-word location supervision (the trace stage) help the
+    box? The referring stage from each checkpoint, on :data:`REFER_WITHOUT_TRACE` (its
+    narrative replay would be trace training in the arm that must have none), with the
+    same seeds and steps, so the arms differ only in where they start.
+
+    Args:
+        out: the ablation's folder: ``<arm>/runs/seed<s>`` and ``ablation.{md,csv,png}``.
+        checkpoints: arm name -> the checkpoint it starts from, e.g. ``{"caption":
+            caption.last, "caption + trace": trace.last}`` (the trace stage trained from
+            that same caption checkpoint).
+        data_root: the shapes world.
+        seeds, steps, val_every, eval_limit, quiet: as :func:`compare_interfaces`.
+        format: ``model.location.format`` of every arm.
+        **options: :func:`~pixelkit.runs.resolve_run`'s, the same for every run.
+    """
+    from pixelkit.runs import run_stage
+
+    out = Path(out)
+    overrides = {**(options.pop("overrides", None) or {}), "data.train": REFER_WITHOUT_TRACE,
+                 "model.location.format": format}
+    runs = []
+    for arm, checkpoint in checkpoints.items():
+        for seed in seeds:
+            run = run_stage("refer", out=out / arm.replace(" ", "_"), name=f"seed{seed}",
+                            init_from=checkpoint, seed=seed, steps=steps, val_every=val_every,
+                            data_root=data_root, overrides=overrides, quiet=quiet, **options)
+            print(f"[pixelkit] {arm} seed {seed}: {run.steps} steps in {run.seconds:.0f} s")
+            runs.append({"init": arm, "seed": seed, **_run_metrics(run, data_root, eval_limit)})
+    ablation = InterfaceComparison(study=None, runs=runs, label="init")
+    ablation.files = write_comparison(
+        ablation, out, f"Trace pretraining: the {format} referring stage from each checkpoint, "
+                       f"seeds {list(seeds)}", stem="ablation")
+    return ablation
+
+
+def write_comparison(comparison: InterfaceComparison, out: Path, title: str,
+                     stem: str = "interfaces") -> dict[str, Path]:
+    """``<stem>.md`` (mean ± std per arm), ``<stem>.csv`` (one row per run) and
+    ``<stem>.png`` (a bar chart per metric), written atomically."""
     from pixelkit.viz import bar_charts
 
-    rows = comparison.table()
+    rows, label = comparison.table(), comparison.label
     seeds = sorted({r["seed"] for r in comparison.runs})
-    md = [f"# Location interfaces: the referring stage per format, seeds {seeds}", "",
-          "| format | " + " | ".join(METRICS.values()) + " |",
+    md = [f"# {title}", "", f"| {label} | " + " | ".join(METRICS.values()) + " |",
           "|---|" + "---|" * len(METRICS)]
     for row in rows:
-        md.append(f"| {row['format']} | " + " | ".join(
+        md.append(f"| {row[label]} | " + " | ".join(
             _cell(row[k], row[k + " std"], len(seeds)) for k in METRICS) + " |")
-    files = {"md": atomic_write_text(out / "interfaces.md", "\n".join(md) + "\n")}
-    lines = [",".join(["format", "seed", *METRICS])]
-    lines += [",".join([str(r["format"]), str(r["seed"]), *(_csv(r.get(k)) for k in METRICS)])
+    files = {"md": atomic_write_text(out / f"{stem}.md", "\n".join(md) + "\n")}
+    lines = [",".join([label, "seed", *METRICS])]
+    lines += [",".join([str(r[label]), str(r["seed"]), *(_csv(r.get(k)) for k in METRICS)])
               for r in comparison.runs]
-    files["csv"] = atomic_write_text(out / "interfaces.csv", "\n".join(lines) + "\n")
-    files["png"] = bar_charts({METRICS[k]: {r["format"]: (r[k], r[k + " std"]) for r in rows}
-                               for k in METRICS}, out / "interfaces.png")
+    files["csv"] = atomic_write_text(out / f"{stem}.csv", "\n".join(lines) + "\n")
+    files["png"] = bar_charts({METRICS[k]: {r[label]: (r[k], r[k + " std"]) for r in rows}
+                               for k in METRICS}, out / f"{stem}.png")
     return files
 
 

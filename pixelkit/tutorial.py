@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from pixelkit.interfaces import REFER_WITHOUT_TRACE
 from pixelkit.modeling.summary import memory_estimate
 from pixelkit.optional import require
 
@@ -609,21 +610,6 @@ def gpu_fit_table(configs: Mapping[str, Any], precision: str = "bf16-mixed",
 # --------------------------------------------------------------------------------------------
 
 
-def _refer_without_trace() -> list[dict[str, Any]]:
-    """The packaged refer stage's training sources less its narrative (trace) replay."""
-    import yaml
-
-    from pixelkit.training import CONFIG_DIR
-
-    train = yaml.safe_load((CONFIG_DIR / "refer.yaml").read_text())["data"]["train"]
-    return [dict(src) for src in train if src["task"] != "trace"]
-
-
-#: The refer stage's data in :func:`grounding_checkpoints`: refer.yaml's, without its
-#: replay of narratives (which would be trace training in the arm that must have none).
-REFER_WITHOUT_TRACE: list[dict[str, Any]] = _refer_without_trace()
-
-
 def grounding_checkpoints(out: Path, *, data_root: Path, steps: Mapping[str, int],
                           **settings: Any) -> dict[str, Path]:
     """Three checkpoints that differ in their location supervision only.
@@ -634,7 +620,7 @@ def grounding_checkpoints(out: Path, *, data_root: Path, steps: Mapping[str, int
     * **caption → trace → refer**: the same caption checkpoint, the trace stage (a point per
       word: dense location), then the same refer stage.
 
-    Both refer stages train on :data:`REFER_WITHOUT_TRACE` for ``steps["refer"]`` steps from
+    Both refer stages train on :data:`~pixelkit.interfaces.REFER_WITHOUT_TRACE` for ``steps["refer"]`` steps from
     the same seed, so the two last checkpoints differ by the trace stage alone. Trained with
     :func:`pixelkit.runs.run_chain` / :func:`~pixelkit.runs.run_stage` into ``out/with_trace``
     and ``out/without_trace``.

@@ -13,7 +13,13 @@ from PIL import Image
 
 from pixelkit import runs
 from pixelkit.data.synth import synthesize
-from pixelkit.interfaces import METRICS, compare_interfaces, steps_to_reach
+from pixelkit.interfaces import (
+    METRICS,
+    REFER_WITHOUT_TRACE,
+    compare_interfaces,
+    steps_to_reach,
+    trace_ablation,
+)
 from pixelkit.optional import available
 
 SMALL = {"batch_size": 2, "val_limit": 4, "accelerator": "cpu", "wandb": False}
@@ -65,3 +71,27 @@ def test_the_comparison_runs_differ_only_in_the_format(tmp_path: Path, world: Pa
         assert [row["format"] for row in csv.DictReader(f)] == ["regression", "text", "tokens"]
     if available("matplotlib"):
         assert Image.open(cmp.files["png"]).size[0] > 500
+
+
+def test_the_trace_ablation_arms_differ_only_in_where_they_start(tmp_path: Path,
+                                                                world: Path) -> None:
+    chain = runs.run_chain(["caption", "trace"], out=tmp_path / "chain", steps=2,
+                           data_root=world, **SMALL)
+    arms = {"caption": chain["caption"].last, "caption + trace": chain["trace"].last}
+    ablation = trace_ablation(tmp_path / "ablation", checkpoints=arms, data_root=world,
+                              seeds=[0], steps=2, eval_limit=4, **SMALL)
+    configs = {}
+    for arm, checkpoint in arms.items():
+        run_dir = tmp_path / "ablation" / arm.replace(" ", "_")
+        cfg = yaml.safe_load((run_dir / "configs" / "seed0.yaml").read_text())
+        assert cfg["model"]["init_args"].pop("init_from") == str(checkpoint)
+        # no narrative replay in either arm: the trace stage is the only difference
+        assert [{k: v for k, v in src.items() if v is not None}
+                for src in cfg["data"]["train"]] == REFER_WITHOUT_TRACE
+        configs[arm] = yaml.safe_dump(cfg).replace(str(run_dir), "<out>")
+    assert len(set(configs.values())) == 1
+    assert [r["init"] for r in ablation.runs] == list(arms)
+    for r in ablation.runs:
+        assert 0 <= r["refer.p_at_0.5"] <= 1 and r["refer.generated_tokens"] == 0
+    md = ablation.files["md"].read_text()
+    assert md.startswith("# Trace pretraining") and md.count("\n| ") == 3
