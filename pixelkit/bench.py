@@ -831,8 +831,10 @@ def location_bench(reps: int = 30, seed: int = 0,
     preset at random initialisation, the same image and expressions for every format.
 
     ``regression`` reads the box from the point head at the EOS label of one
-    teacher-forced pass (no token generated); ``text`` / ``tokens`` generate the box markup
-    and parse it. A random model's answer would stop anywhere, so EOS is forbidden inside
+    teacher-forced pass (no token generated); ``text`` / ``tokens`` / ``regions`` generate
+    the box markup and parse it (``regions``: one region token, with the 8 region tokens
+    in the LM's prefix). ``regions`` also pays for its proposals once per image (the
+    proposal head and NMS at :meth:`Predictor.set_image`): ``regions_proposals_ms``. A random model's answer would stop anywhere, so EOS is forbidden inside
     the markup (``min_new_tokens``): every written answer is its box's tokens
     (:meth:`LocationCodec.box_length`) plus EOS, as a trained model's (with the shapes
     tokenizer every box is that long). The image is encoded once, outside the timing: its
@@ -840,8 +842,9 @@ def location_bench(reps: int = 30, seed: int = 0,
     in interleaved rounds (:func:`interleaved_times`).
 
     Returns:
-        ``refer_ms_<format>`` (median CPU ms per answer) and
-        ``refer_<format>_vs_regression`` (:func:`paired_ratio`) for ``text`` and ``tokens``.
+        ``refer_ms_<format>`` (median CPU ms per answer),
+        ``refer_<format>_vs_regression`` (:func:`paired_ratio`) for the written formats, and
+        ``regions_proposals_ms`` (per image).
     """
     import torch
 
@@ -853,7 +856,9 @@ def location_bench(reps: int = 30, seed: int = 0,
     image = np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     refer: dict[str, Callable[[], Any]] = {}
     steps: dict[str, int] = {}
-    for fmt in ("regression", "text", "tokens"):
+    written = ("text", "tokens", "regions")
+    propose: Callable[[], Any] = lambda: None  # set by the regions model
+    for fmt in ("regression", *written):
         torch.manual_seed(seed)
         model = PixelLLM(PixelLLMConfig.from_name("tiny", {"location": {"format": fmt}})).eval()
         predictor = Predictor(model, device="cpu").set_image(image)
@@ -862,25 +867,30 @@ def location_bench(reps: int = 30, seed: int = 0,
             n = predictor.codec.box_length(predictor.tokenizer) + 1
             predictor.decode_options = DecodeOptions(max_new_tokens=n, min_new_tokens=n - 1)
         refer[fmt] = lambda p=predictor: [p.refer(e) for e in expressions]
+        if fmt == "regions":
+            features = predictor.image.features[None]
+            k = predictor.codec.num_regions
+            propose = lambda m=model, f=features, k=k: m.propose(f, max_detections=k)
         # LM steps the shortest answer took: its tokens, plus one for EOS unless it was cut
         # at n; the test checks that forbidding EOS made every answer n long.
         steps[fmt] = min(min(r.num_tokens + 1, n) for r in refer[fmt]())
     record_meta("location", tokens_per_answer=steps, expressions=list(expressions),
                 regression="one teacher-forced pass over the expression and EOS; the box "
                            "is the point head's output at the EOS state")
-    t = interleaved_times(refer, reps)
-    out: dict[str, float] = {"reps": float(reps)}
+    t = interleaved_times({**refer, "proposals": propose}, reps)
+    out: dict[str, float] = {"reps": float(reps),
+                             "regions_proposals_ms": _ms(t.pop("proposals"))}
     for fmt, times in t.items():
         out[f"refer_ms_{fmt}"] = _ms(times) / len(expressions)
-    for fmt in ("text", "tokens"):
+    for fmt in written:
         out[f"refer_{fmt}_vs_regression"] = paired_ratio(t[fmt], t["regression"])
     return out
 
 
 @register("location")
 def bench_location(args: argparse.Namespace) -> dict[str, float]:
-    """ms per referring answer of the ``text`` and ``tokens`` location formats as a ratio
-    against ``regression`` (issue #15, :func:`location_bench`). Full: 30 interleaved
+    """ms per referring answer of the ``text``, ``tokens`` and ``regions`` location formats
+    as a ratio against ``regression`` (issue #15, :func:`location_bench`). Full: 30 interleaved
     rounds of 3 expressions; ``--quick``: 2 rounds."""
     with single_core():
         return location_bench(reps=2 if getattr(args, "quick", False) else 30)

@@ -370,7 +370,9 @@ class LocationConfig:
             the box is read at the EOS-emitting state), ``"text"`` (Shikra, MiniGPT-v2,
             Ferret, Qwen-VL: ``[x0,y0,x1,y1]`` integers on a ``bins`` grid written into the
             text), ``"tokens"`` (Kosmos-2, PaliGemma, Florence-2: added ``<loc_i>``
-            vocabulary tokens) or ``"regions"`` (Groma; not implemented yet).
+            vocabulary tokens) or ``"regions"`` (Groma: the proposal head's boxes enter the
+            LM as region tokens ``<r1>`` ... ``<rK>``, pooled from the image features with
+            RoIAlign; a box is written as the token of its region).
         bins: the ``text`` grid: each coordinate is an integer in ``[0, bins)`` of the
             image's width or height (MiniGPT-v2: 100; Ferret, Qwen2-VL: 1000). Also used
             for a box prompt written into the text with ``format: regression`` and
@@ -386,6 +388,8 @@ class LocationConfig:
             text prompt in the format above, ``region [12,40,33,61]``).
         task_tokens: start every text prompt with MiniGPT-v2's task identifier
             (``[caption]``, ``[grounding]``, ``[identify]``, ``[refer]``), added tokens.
+        num_regions: K of the ``regions`` format: the proposals given to the LM as region
+            tokens ``<r1>`` ... ``<rK>`` (added tokens).
     """
 
     format: Literal["regression", "text", "tokens", "regions"] = "regression"
@@ -394,12 +398,19 @@ class LocationConfig:
     token_style: Literal["corner", "axis"] = "corner"
     prompt: Literal["encoder", "text"] = "encoder"
     task_tokens: bool = False
+    num_regions: int = 8
 
     def __post_init__(self) -> None:
         _check_choice("LocationConfig", "format", self.format, LOCATION_FORMATS)
         _check_choice("LocationConfig", "token_style", self.token_style, ("corner", "axis"))
         _check_choice("LocationConfig", "prompt", self.prompt, ("encoder", "text"))
-        _check_positive("LocationConfig", bins=self.bins, token_grid=self.token_grid)
+        _check_positive("LocationConfig", bins=self.bins, token_grid=self.token_grid,
+                        num_regions=self.num_regions)
+        if self.format == "regions" and self.prompt == "text":
+            # A written region prompt would be the token of a proposal, and a user's box
+            # need not be one: Groma adds it as a region; pixelkit does not (yet).
+            raise ValueError("LocationConfig: format 'regions' takes region prompts through "
+                             "the prompt encoder only (prompt: encoder), got prompt: text")
         # One bin cannot tell a corner from another; a P*P vocabulary past a million rows
         # is a typo (P = 32 is Kosmos-2's 1024 tokens).
         if self.bins < 2 or self.token_grid < 2:

@@ -403,16 +403,19 @@ def _predict_grounded_trace(predictor: Any, samples: Sequence[Sample], batch_siz
         for s, im in zip(chunk, images):
             ts = transform(s, image=im.image)
             extents.append(ts.frame.visible[2:])
+            # regions: the phrases are written as the proposals that hold them
             rows.append(grounded_row(tok, codec, ts.utterances, ts.utterance_boxes,
-                                     extent=extents[-1], max_length=predictor.max_text_length))
+                                     extent=extents[-1], max_length=predictor.max_text_length,
+                                     regions=im.regions))
         out, _ = predictor.forward_rows(images, rows)
         for r, (s, row) in enumerate(zip(chunk, rows)):
             gold = row.labels[:-1]  # EOS excluded
             argmax = out.logits[r, : len(gold)].argmax(-1).tolist()
             spliced = [a if v else g for a, g, v in
                        zip(argmax, gold, codec.value_positions(tok.convert_ids_to_tokens(gold)))]
-            truth = codec.parse_grounded(_decode_text(tok, gold), extents[r])
-            got = codec.parse_grounded(_decode_text(tok, spliced), extents[r])
+            regions = images[r].regions
+            truth = codec.parse_grounded(_decode_text(tok, gold), extents[r], regions)
+            got = codec.parse_grounded(_decode_text(tok, spliced), extents[r], regions)
             if got.words != truth.words:  # a box value predicted as a word: no box read
                 got = dataclass_replace(truth, word_boxes=np.full_like(truth.word_boxes, np.nan),
                                         phrases=[dataclass_replace(p, box=None, error="malformed")

@@ -3,7 +3,8 @@
 Each grounded LM gives its language model locations its own way (DESIGN.md section 1,
 "Location interfaces"; :class:`~pixelkit.config.LocationConfig`): PixelLLM's point head
 (``regression``), Shikra's and MiniGPT-v2's integers in the text (``text``), Kosmos-2's
-location tokens (``tokens``). :func:`compare_interfaces` trains the referring stage once per
+location tokens (``tokens``), Groma's region tokens (``regions``: the proposal head's boxes,
+pooled, and the LM names one). :func:`compare_interfaces` trains the referring stage once per
 format and seed with :func:`~pixelkit.runs.run_study` (param ``model.location.format``), so
 the runs differ in ``location.format`` alone: the same caption checkpoint, data, step
 budget, seeds, and the same :class:`~pixelkit.predictor.Predictor` and metrics after.
@@ -44,8 +45,8 @@ __all__ = ["FORMATS", "METRICS", "REFER_WITHOUT_TRACE", "InterfaceComparison",
 
 #: The compared values of ``model.location.format`` (the other ``location.*`` keep their
 #: defaults: ``text`` on a 100-bin grid as MiniGPT-v2, ``tokens`` 32 x 32 corner cells as
-#: Kosmos-2).
-FORMATS: tuple[str, ...] = ("regression", "text", "tokens")
+#: Kosmos-2, ``regions`` 8 proposals).
+FORMATS: tuple[str, ...] = ("regression", "text", "tokens", "regions")
 
 #: Table columns: metric key -> heading.
 METRICS: dict[str, str] = {

@@ -95,9 +95,11 @@ ImageInput = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Ten
 Box = tuple[float, float, float, float]
 Point = tuple[float, float]
 
-#: Collated keys that a teacher-forced pass needs (no point targets: no losses wanted).
-_FORWARD_KEYS = ("image_index", "boxes", "points", "point_labels", "prompt_ids", "prompt_mask",
-                 "labels")
+#: Collated keys of :meth:`PixelLLM.input_prefix` (decoding); a teacher-forced pass adds
+#: the labels (no point targets: no losses wanted).
+_PREFIX_KEYS = ("image_index", "boxes", "points", "point_labels", "prompt_ids", "prompt_mask",
+                "regions")
+_FORWARD_KEYS = (*_PREFIX_KEYS, "labels")
 # ImageNet statistics: SAM's image normalisation.
 _SAM_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _SAM_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -325,12 +327,16 @@ class EncodedImage:
         frame: maps original pixels to the model frame and back.
         tensor: (3, S, S) the resized, padded input in [0, 1].
         features: (C, h, w) the image encoder's features.
+        regions: ``(K, 4)`` model-frame proposals of the ``regions`` location format (the
+            proposal head's, in score order), given to the LM as region tokens; None for
+            the other formats.
     """
 
     image: Image.Image = field(repr=False)
     frame: ModelFrame
     tensor: torch.Tensor = field(repr=False)
     features: torch.Tensor = field(repr=False)
+    regions: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -459,7 +465,7 @@ def _word_result(text: str, words: list[str], boxes: np.ndarray, **counts: int
 
 
 def grounded_result(codec: LocationCodec, text: str, size: tuple[int, int],
-                    num_tokens: int = 0) -> CaptionResult:
+                    num_tokens: int = 0, regions: np.ndarray | None = None) -> CaptionResult:
     """A generated caption of a format that writes boxes, as a :class:`CaptionResult`.
 
     The markup is stripped (:meth:`LocationCodec.parse_grounded`): each word of a phrase
@@ -470,8 +476,9 @@ def grounded_result(codec: LocationCodec, text: str, size: tuple[int, int],
         text: the decoded generation.
         size: ``(W, H)`` of the original image (the grid covers its content).
         num_tokens: the generated tokens it came from.
+        regions: the image's proposals (``regions`` format: a region token's box).
     """
-    g = codec.parse_grounded(text, image_extent(size))
+    g = codec.parse_grounded(text, image_extent(size), regions)
     boxes = from_model_boxes(g.word_boxes, size)                             # NaN stays NaN
     return _word_result(g.text, g.words, boxes, num_tokens=num_tokens,
                         phrases=len(g.phrases), parse_failures=g.failures)
@@ -611,8 +618,15 @@ class Predictor:
         size = self.model.config.image_size
         tensors = [resize_pad(im, size) for im in pils]
         feats = self.model.encode_image(torch.stack(tensors).to(self.device))  # (N, C, h, w)
-        return [EncodedImage(im, ModelFrame(im.size, size), t, f)
-                for im, t, f in zip(pils, tensors, feats)]
+        regions: list[np.ndarray | None] = [None] * len(pils)
+        if self.codec.uses_regions:  # Groma: the proposals are what the LM can point at
+            found = self.model.propose(feats, max_detections=self.codec.num_regions)
+            for i, (im, prop) in enumerate(zip(pils, found)):
+                norm = prop["boxes"].float().cpu().numpy()
+                px = from_model_boxes(norm, im.size)
+                regions[i] = norm[(px[:, 2] > px[:, 0]) & (px[:, 3] > px[:, 1])]  # in the image
+        return [EncodedImage(im, ModelFrame(im.size, size), t, f, r)
+                for im, t, f, r in zip(pils, tensors, feats, regions)]
 
     def set_image(self, image: ImageInput) -> Predictor:
         """Encode ``image`` once for the calls that follow (any size and aspect ratio).
@@ -794,7 +808,7 @@ class Predictor:
             rows.append(self._prompt_row(image, task, box, pts, lab))
         # Written formats locate words by their markup, not the point head.
         gen = self.generate(images, rows, with_points=not self.codec.writes_targets)
-        return [self._caption_result(gen, r, image.size) for r, image in enumerate(images)]
+        return [self._caption_result(gen, r, image) for r, image in enumerate(images)]
 
     @torch.no_grad()
     def refer_batch(self, images: Sequence[EncodedImage],
@@ -844,7 +858,8 @@ class Predictor:
         score = torch.exp(gen.scores / (gen.lengths + eos).clamp(min=1))
         results = []
         for r, image in enumerate(images):
-            parse = self.codec.decode_box(self._text(gen, r), image_extent(image.size))
+            parse = self.codec.decode_box(self._text(gen, r), image_extent(image.size),
+                                          image.regions)
             box = None if parse.box is None else \
                 tuple(from_model_boxes(parse.box[None], image.size)[0].tolist())
             results.append(ReferResult(box=box, score=float(score[r]), truncated=cut[r],
@@ -935,7 +950,8 @@ class Predictor:
         """:func:`~pixelkit.data.encoding.make_row` as in training: the model's location
         codec, on the grid of this image's content."""
         return make_row(self.tokenizer, task, text, max_length=self.max_text_length,
-                        codec=self.codec, extent=image_extent(image.size), **kwargs)
+                        codec=self.codec, extent=image_extent(image.size),
+                        regions=image.regions, **kwargs)
 
     def collate_rows(self, images: Sequence[EncodedImage], rows: Sequence[Row]
                      ) -> tuple[dict[str, Any], torch.Tensor, list[int]]:
@@ -982,9 +998,7 @@ class Predictor:
         """
         batch, features, order = self.collate_rows(images, rows)
         m = self.model
-        visual = m.visual_tokens(features, batch["boxes"], batch["points"], batch["point_labels"],
-                                 batch["image_index"])
-        prefix, mask = m.prefix(visual, batch["prompt_ids"], batch["prompt_mask"])
+        prefix, mask = m.input_prefix(features, **{k: batch[k] for k in _PREFIX_KEYS})
         options = options or self.decode_options
         if options.with_points != with_points:
             options = DecodeOptions(**{**asdict(options), "with_points": with_points})
@@ -1022,11 +1036,13 @@ class Predictor:
         ids = gen.tokens[r, : int(gen.lengths[r])].tolist()
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    def _caption_result(self, gen: Generation, r: int, size: tuple[int, int]) -> CaptionResult:
+    def _caption_result(self, gen: Generation, r: int, image: EncodedImage) -> CaptionResult:
         n = int(gen.lengths[r])
         if self.codec.writes_targets:  # the locations are in the text
-            return grounded_result(self.codec, self._text(gen, r), size, num_tokens=n)
-        return caption_result(self.tokenizer, gen.tokens[r, :n].tolist(), gen.points[r, :n], size)
+            return grounded_result(self.codec, self._text(gen, r), image.size, num_tokens=n,
+                                   regions=image.regions)
+        return caption_result(self.tokenizer, gen.tokens[r, :n].tolist(), gen.points[r, :n],
+                              image.size)
 
 
 # --------------------------------------------------------------------------------------------

@@ -62,12 +62,13 @@ def test_location_bench_quick_writes_its_figures(tmp_path: Path) -> None:
     assert main(["bench", "--only", "location", "--quick", "--out", str(out)]) == 0
     payload = json.loads(out.read_text())
     results = payload["results"]["location"]
-    for key in ("refer_ms_regression", "refer_ms_text", "refer_ms_tokens",
-                "refer_text_vs_regression", "refer_tokens_vs_regression"):
+    for key in ("refer_ms_regression", "refer_ms_text", "refer_ms_tokens", "refer_ms_regions",
+                "refer_text_vs_regression", "refer_tokens_vs_regression",
+                "refer_regions_vs_regression", "regions_proposals_ms"):
         assert math.isfinite(results[key]) and results[key] > 0, key
     steps = payload["meta"]["benches"]["location"]["tokens_per_answer"]
     assert steps["regression"] == 1
-    for fmt in ("text", "tokens"):
+    for fmt in ("text", "tokens", "regions"):
         config = PixelLLMConfig.from_name("tiny", {"location": {"format": fmt}})
         length = LocationCodec(config.location).box_length(tokenizer_for(config))
         assert steps[fmt] == length + 1, fmt

@@ -178,10 +178,12 @@ def test_refer(handlers, predictor, examples) -> None:
     assert drawn.size == (384, 384) and "mask_area" not in out
 
 
-@pytest.mark.parametrize("location", [{"format": "text"}, {"format": "tokens"}])
+@pytest.mark.parametrize("location", [{"format": "text"}, {"format": "tokens"},
+                                      {"format": "regions"}])
 def test_the_four_tabs_on_formats_that_write_boxes(location) -> None:
-    """A `text` and a `tokens` model (location.format) through every tab's handler: the same
-    results as the Predictor's, and an answer without a box that parses shows no box."""
+    """A `text`, a `tokens` and a `regions` model (location.format) through every tab's
+    handler: the same results as the Predictor's, and an answer without a box that parses
+    shows no box."""
     torch.manual_seed(0)
     model = PixelLLM(PixelLLMConfig.from_name("tiny", {"location": location})).eval()
     predictor = Predictor(model, device="cpu", decode_options=DecodeOptions(max_new_tokens=12))

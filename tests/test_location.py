@@ -113,10 +113,72 @@ def test_config_typo_names_the_field() -> None:
         PixelLLMConfig.from_name("tiny", {"location": {"bin": 10}})
 
 
-def test_regions_is_not_implemented_where_used() -> None:
-    cfg = PixelLLMConfig.from_name("tiny", {"location": {"format": "regions"}})
-    with pytest.raises(NotImplementedError, match="regions"):
-        LocationCodec(cfg.location)
+def test_regions_config() -> None:
+    cfg = PixelLLMConfig.from_name("tiny", {"location": {"format": "regions", "num_regions": 5}})
+    codec = LocationCodec(cfg.location)
+    assert codec.writes_targets and codec.uses_regions and not codec.uses_numbers
+    assert codec.added_tokens() == ["<r1>", "<r2>", "<r3>", "<r4>", "<r5>", "<p>", "</p>"]
+    with pytest.raises(ValueError, match="prompt: encoder"):
+        PixelLLMConfig.from_name("tiny", {"location": {"format": "regions", "prompt": "text"}})
+    with pytest.raises(ValueError, match="num_regions"):
+        PixelLLMConfig.from_name("tiny", {"location": {"format": "regions", "num_regions": 0}})
+
+
+# --------------------------------------------------------------------------- regions
+REGIONS = np.array([[0.10, 0.10, 0.30, 0.40], [0.50, 0.50, 0.90, 0.80],
+                    [0.20, 0.20, 0.60, 0.60], [np.nan] * 4], np.float32)
+
+
+def test_region_tokens_round_trip() -> None:
+    """A box is written as the region holding its centre (of those, the best IoU), and the
+    token reads back as that region's box: exactly, whatever the image's shape."""
+    codec = LocationCodec({"format": "regions", "num_regions": 4})
+    for j, region in enumerate(REGIONS[:3]):
+        markup = codec.box_markup(region, regions=REGIONS)
+        assert markup == f"<r{j + 1}>"
+        parsed = codec.decode_box(f"the answer is {markup}", (1.0, 0.75), REGIONS)
+        np.testing.assert_array_equal(parsed.box, region)
+    # a jittered box still finds its region; the overlapping bigger one loses on IoU
+    assert codec.box_markup([0.12, 0.11, 0.28, 0.42], regions=REGIONS) == "<r1>"
+    assert codec.box_markup([0.3, 0.3, 0.5, 0.5], regions=REGIONS) == "<r3>"
+    with pytest.raises(ValueError, match="no region holds"):
+        codec.box_markup([0.92, 0.02, 0.98, 0.08], regions=REGIONS)
+    tok = add_location_tokens(shapes_tokenizer(), codec)
+    assert codec.box_length(tok) == 1
+    ids = tok("<r2>", add_special_tokens=False).input_ids
+    assert len(ids) == 1 and tok.decode(ids, skip_special_tokens=True) == "<r2>"
+
+
+@pytest.mark.parametrize("text, regions, error", [
+    ("<r4>", REGIONS, "out_of_range"),        # a padding row
+    ("<r9>", REGIONS, "out_of_range"),        # past the proposals
+    ("<r0>", REGIONS, "out_of_range"),
+    ("<r1>", None, "out_of_range"),           # no proposals known
+    ("", REGIONS, "no_box"),                  # truncated before the answer
+    ("the red circle", REGIONS, "no_box"),
+    ("<r2", REGIONS, "no_box"),               # a token cut in half is words
+])
+def test_region_parser_on_malformed_generations(text, regions, error) -> None:
+    codec = LocationCodec({"format": "regions", "num_regions": 4})
+    assert codec.decode_box(text, regions=regions).error == error
+
+
+def test_region_grounded_captions() -> None:
+    codec = LocationCodec({"format": "regions", "num_regions": 4})
+    segments = [("in this image there is", None), ("a red circle", [0.12, 0.12, 0.25, 0.3]),
+                ("and", None), ("a blue square", [0.6, 0.6, 0.8, 0.75]),
+                ("nowhere", [0.92, 0.02, 0.98, 0.08])]
+    markup = codec.grounded_markup(segments, regions=REGIONS)
+    assert markup == ("in this image there is <p>a red circle</p><r1> and "
+                      "<p>a blue square</p><r2> nowhere")
+    g = codec.parse_grounded(markup, regions=REGIONS)
+    assert g.text == "in this image there is a red circle and a blue square nowhere"
+    np.testing.assert_array_equal(g.word_boxes[5:8], np.tile(REGIONS[0], (3, 1)))
+    assert np.isnan(g.word_boxes[:5]).all() and np.isnan(g.word_boxes[-1]).all()
+    # a phrase naming a region past the proposals keeps its words, counted as a failure
+    bad = codec.parse_grounded("<p>a red circle</p><r7> .", regions=REGIONS)
+    assert bad.words == ["a", "red", "circle", "."] and bad.failures == 1
+    assert codec.parse_grounded("<p>a red circle</p>", regions=REGIONS).phrases[0].error == "no_box"
 
 
 # --------------------------------------------------------------------------- round trips
@@ -624,3 +686,85 @@ def test_group_phrases_merges_where_the_mouse_stays() -> None:
     assert len(spans) > 1 and max(spans) <= 6 * 0.05 + 1e-9
     with pytest.raises(ValueError, match="utterances"):
         group_phrases(["a"], boxes)
+
+
+def test_region_parsers_never_raise() -> None:
+    codec = LocationCodec({"format": "regions", "num_regions": 4})
+    pieces = ["<r1>", "<r3>", "<r99>", "<r", ">", "<p>", "</p>", "a", "red", " ", "<", "r2",
+              "<box>", "[1,2,3,4]", "\n"]
+    rng = np.random.default_rng(3)
+    for _ in range(1000):
+        text = "".join(rng.choice(pieces, size=int(rng.integers(0, 12))))
+        for regions in (REGIONS, None):
+            parsed = codec.decode_box(text, regions=regions)
+            assert parsed.ok or parsed.error in PARSE_ERRORS
+            g = codec.parse_grounded(text, regions=regions)
+            assert g.word_boxes.shape == (len(g.words), 4)
+
+
+def test_region_tokens_enter_the_lm() -> None:
+    """Region tokens (<ri> embedding + RoIAlign-pooled features) sit between the visual
+    tokens and the prompt: the loss trains the region encoder, and the answer depends on
+    where the proposals are."""
+    from pixelkit.data.encoding import MODEL_KEYS, Example
+    from pixelkit.modeling.pixel_llm import PixelLLM
+
+    cfg = PixelLLMConfig.from_name("tiny", {"location": {"format": "regions", "num_regions": 4}})
+    torch.manual_seed(0)
+    model = PixelLLM(cfg)
+    tok = tokenizer_for(cfg)
+    assert model.region_ids.tolist() == tok.convert_tokens_to_ids(["<r1>", "<r2>", "<r3>", "<r4>"])
+    codec = LocationCodec(cfg.location)
+    rows = [make_row(tok, "refer", "a red circle", box=REGIONS[1], codec=codec, regions=REGIONS),
+            make_row(tok, "caption", "a red circle", codec=codec, regions=REGIONS[:2])]
+    assert tok.convert_ids_to_tokens(rows[0].labels)[0] == "<r2>"
+    batch = collate([Example(torch.rand(3, 64, 64), rows)])
+    assert batch["regions"].shape == (2, 4, 4) and torch.isnan(batch["regions"][1, 2:]).all()
+    out = model(batch["images"], **{k: batch[k] for k in MODEL_KEYS})
+    out.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0
+               for p in model.region_encoder.parameters())
+    moved = batch["regions"].clone()
+    moved[:, 0] = torch.tensor([0.6, 0.05, 0.95, 0.3])
+    inputs = {k: batch[k] for k in MODEL_KEYS if k != "regions"}
+    with torch.no_grad():
+        a = model(batch["images"], regions=batch["regions"], **inputs).logits
+        b = model(batch["images"], regions=moved, **inputs).logits
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="num_regions"):
+        model.region_tokens(torch.rand(1, 128, 8, 8), torch.rand(1, 5, 4))
+    plain = PixelLLM(PixelLLMConfig.from_name("tiny"))
+    with pytest.raises(ValueError, match="not 'regions'"):
+        plain.region_tokens(torch.rand(1, 128, 8, 8), torch.rand(1, 2, 4))
+
+
+def test_data_module_region_rows(world) -> None:
+    """Training proposals: every object of the image (the split's instances file), the
+    referred one always among them; the target names it; the proposal head learns them all."""
+    from pixelkit.data.datamodule import PixelDataModule, shapes_sources
+    from pixelkit.data.transforms import to_model_boxes
+
+    dm = PixelDataModule(train=shapes_sources(str(world), "train", ["refer", "trace"]),
+                         batch_size=2, hflip_prob=0.0, box_jitter=0.0)
+    dm.set_location({"format": "regions", "num_regions": 2})
+    dm.setup("fit")
+    refer, trace = dm.train_set.parts
+    objects = dm.image_boxes(dm.train_sources[0])
+    assert objects and all(len(b) >= 1 for b in objects.values())
+    for i in range(len(refer)):
+        torch.manual_seed(i)
+        ex, sample = refer[i], refer.samples[i]
+        row = ex.rows[0]
+        assert 1 <= len(row.regions) <= 2
+        assert len(ex.gt_boxes) == len(objects[sample.image_path])
+        text = dm.tokenizer.decode(row.labels, skip_special_tokens=True)
+        got = dm.codec.decode_box(text, regions=row.regions)
+        truth = to_model_boxes(sample.boxes[:1], sample.image_size)[0]
+        np.testing.assert_allclose(got.box, truth, atol=1e-5)
+    for i in range(len(trace)):
+        row = trace[i].rows[0]
+        g = dm.codec.parse_grounded(dm.tokenizer.decode(row.labels, skip_special_tokens=True),
+                                    regions=row.regions)
+        assert g.failures == 0
+    batch = dm._collate([refer[0], trace[0]])
+    assert batch["regions"].shape[:2] == (2, 2) and len(batch["gt_boxes"]) == 2

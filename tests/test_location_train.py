@@ -1,6 +1,6 @@
-"""Location interfaces, second slice: ``text`` and ``tokens`` end to end.
+"""Location interfaces end to end: ``text``, ``tokens`` and ``regions``.
 
-Each format (``text``, ``tokens`` corner, ``tokens`` axis) trains the trace and refer
+Each format (``text``, ``tokens`` corner, ``tokens`` axis, ``regions``) trains the trace and refer
 stages for a few steps on the tiny preset with a falling loss, its data module taking the
 format from the model; its slim checkpoint reloads (``weights_only=True``) to the same
 outputs; the Predictor and ``pixelkit eval`` give the same result types and every metric,
@@ -25,6 +25,7 @@ from pixelkit.data.datamodule import PixelDataModule, shapes_sources
 from pixelkit.data.synth import synthesize
 from pixelkit.decoding import DecodeOptions
 from pixelkit.modeling.location import LocationCodec
+from pixelkit.modeling.tokenizer import load_tokenizer
 from pixelkit.predictor import CaptionResult, Predictor, ReferResult, grounded_result
 from pixelkit.stages import CaptionPretraining, ReferringTraining, TraceTraining
 
@@ -32,6 +33,7 @@ FORMATS = {
     "text": {"format": "text"},
     "corner": {"format": "tokens", "token_style": "corner"},
     "axis": {"format": "tokens", "token_style": "axis"},
+    "regions": {"format": "regions"},
 }
 VAL = catalog.get("shapes/val")
 
@@ -97,7 +99,7 @@ def test_each_format_trains_trace_and_refer(trained) -> None:
         # The data module took the model's format; the vocabulary grew before the optimiser.
         assert dm.codec.config == stage.config.location
         rows = stage.model.language_model.model.get_input_embeddings().weight.shape[0]
-        assert rows == len(dm.tokenizer) > 50
+        assert rows == len(dm.tokenizer) > len(load_tokenizer("shapes"))  # grown
         optimised = {p.shape for g in trainer.optimizers[0].param_groups for p in g["params"]}
         assert (rows, 128) in optimised
         # Written formats validate the box read from the teacher-forced tokens.
@@ -119,7 +121,7 @@ def test_slim_checkpoint_keeps_the_new_rows(trained) -> None:
     dm = trained["refer"][1]
     batch = dm._collate([dm.val_sets[0][0]])
     inputs = {k: batch[k] for k in ("images", "image_index", "boxes", "points", "point_labels",
-                                    "prompt_ids", "prompt_mask", "labels")}
+                                    "prompt_ids", "prompt_mask", "labels", "regions")}
     stage.model.eval()
     with torch.no_grad():
         assert torch.equal(stage.model(**inputs).logits, model(**inputs).logits)
@@ -133,7 +135,7 @@ def test_predictor_result_types(trained, world) -> None:
     W, H = p.image.size
     for result in (p.caption(), p.caption(box=(2, 2, W / 2, H / 2)), p.caption(task="caption")):
         assert isinstance(result, CaptionResult)
-        assert not any(m in result.text for m in ("[", "]", "<loc_", "<p>", "<box>"))
+        assert not any(m in result.text for m in ("[", "]", "<loc_", "<p>", "<box>", "<r"))
         assert len(result.words) == len(result.points) == len(result.boxes)
         assert 0 <= result.parse_failures <= result.phrases
         assert 0 < result.num_tokens <= 40
@@ -252,8 +254,9 @@ def test_narratives_are_not_cut_in_written_formats(world) -> None:
         dm.setup("fit")
         ds = dm.train_set.parts[0]
         for i in range(len(ds)):
-            text = dm.tokenizer.decode(ds[i].rows[0].labels, skip_special_tokens=True)
-            g = dm.codec.parse_grounded(text)
+            row = ds[i].rows[0]
+            text = dm.tokenizer.decode(row.labels, skip_special_tokens=True)
+            g = dm.codec.parse_grounded(text, regions=row.regions)
             assert g.failures == 0
             # no word lost (the decoder may glue punctuation to the word before it)
             assert "".join(g.words) == "".join(ds.samples[i].text.split())

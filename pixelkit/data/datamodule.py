@@ -275,6 +275,8 @@ class TaskDataset(Dataset):
             default ``regression`` rows. With another format ``tokenizer`` must hold the
             codec's tokens (:func:`~pixelkit.modeling.tokenizer.add_location_tokens`), and
             ``trace`` rows become grounded captions (:func:`grounded_row`).
+        image_boxes: image path -> ``(N, 4)`` pixel boxes of every object in it (the
+            ``regions`` format's training proposals, :meth:`_regions`).
     """
 
     def __init__(self, samples: Sequence[Sample], task: str, tokenizer: Any,
@@ -282,8 +284,10 @@ class TaskDataset(Dataset):
                  alignment: str = "text", point_prompt_prob: float = 0.0,
                  box_jitter: float = 0.0, max_regions: int = 8, seed: int = 0,
                  images: DecodedImages | None = None,
-                 codec: LocationCodec | None = None) -> None:
+                 codec: LocationCodec | None = None,
+                 image_boxes: dict[str, np.ndarray] | None = None) -> None:
         self.codec = codec if codec is not None and codec.changes_rows else None
+        self.image_boxes = image_boxes
         self.samples, self.task, self.tokenizer = samples, task, tokenizer
         self.images = images or DecodedImages()
         self.transform = transform
@@ -305,16 +309,22 @@ class TaskDataset(Dataset):
         meta = {"task": self.task, "image_id": sample.image_id, "ann_id": sample.ann_id,
                 "frame": dataclasses.asdict(ts.frame), "source": sample.source, "image_path": sample.image_path}
         # Location formats write boxes on a grid of the visible image content.
-        loc = {} if self.codec is None else {"codec": self.codec,
-                                             "extent": ts.frame.visible[2:]}
+        loc: dict[str, Any] = {} if self.codec is None else {"codec": self.codec,
+                                                             "extent": ts.frame.visible[2:]}
+        gt = None
+        if self.codec is not None and self.codec.uses_regions:
+            # Every row of the image reads its proposals; their boxes train the proposal
+            # head, whose proposals replace them at inference.
+            loc["regions"], gt = self._regions(sample, ts, rng)
         row = lambda task, text, **kw: make_row(self.tokenizer, task, text,
                                                 max_length=self.max_text_length, **loc, **kw)
         if self.task == "caption":
-            return Example(ts.image, [row("caption", ts.text)], meta=meta)
+            return Example(ts.image, [row("caption", ts.text)], gt_boxes=gt, meta=meta)
         if self.task == "trace" and self.codec is not None and self.codec.writes_targets:
             return Example(ts.image, [grounded_row(
                 self.tokenizer, self.codec, ts.utterances, ts.utterance_boxes,
-                extent=loc["extent"], max_length=self.max_text_length)], meta=meta)
+                extent=loc["extent"], max_length=self.max_text_length,
+                regions=loc.get("regions"))], gt_boxes=gt, meta=meta)
         if self.task == "trace":
             aligned = align_caption(ts.utterances, ts.utterance_boxes, self.tokenizer,
                                     points=ts.utterance_points, caption=ts.text,
@@ -324,9 +334,11 @@ class TaskDataset(Dataset):
         boxes = ts.boxes[ts.box_valid]
         texts = [t for t, ok in zip(ts.box_texts, ts.box_valid) if ok]
         if self.task == "refer":
-            return Example(ts.image, [row("refer", ts.text, box=boxes[0])], meta=meta)
+            return Example(ts.image, [row("refer", ts.text, box=boxes[0])], gt_boxes=gt,
+                           meta=meta)
         if self.task == "loca_caption":
-            return Example(ts.image, [self._region_row(row, ts.text, boxes[0], rng)], meta=meta)
+            return Example(ts.image, [self._region_row(row, ts.text, boxes[0], rng)],
+                           gt_boxes=gt, meta=meta)
         # densecap: the proposal head learns all boxes; a few regions are captioned
         order = rng.permutation(len(boxes))[: self.max_regions]
         rows = [self._region_row(row, texts[i], boxes[i], rng) for i in order]
@@ -342,13 +354,7 @@ class TaskDataset(Dataset):
                             cy + rng.uniform(-0.25, 0.25, n) * h], 1).astype(np.float32)
             return row("loca_caption", text, box=box, points=pts,
                        point_labels=np.ones(n, np.int64))
-        prompt = box
-        if self.box_jitter:
-            w, h = box[2] - box[0], box[3] - box[1]
-            d = rng.uniform(-self.box_jitter, self.box_jitter, 4) * np.array([w, h, w, h])
-            prompt = np.clip(box + d, 0, 1).astype(np.float32)
-            if prompt[2] <= prompt[0] or prompt[3] <= prompt[1]:
-                prompt = box
+        prompt = jitter_box(box, self.box_jitter, rng)
         if self.codec is not None and self.codec.writes_prompts:
             # The (jittered) prompt is written into the text; regression targets stay on
             # the true box (text / tokens formats have no point targets).
@@ -358,6 +364,48 @@ class TaskDataset(Dataset):
         r = row("loca_caption", text, box=box)
         r.box = prompt  # the (jittered) prompt; the targets stay on the true box
         return r
+
+
+    def _regions(self, sample: Sample, ts: Any, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Training proposals of the ``regions`` format (Groma trains on ground truth).
+
+        Every object box of the image (:attr:`image_boxes`) and the sample's own boxes (a
+        referred object), jittered by ``box_jitter`` as proposals are never exact, in a
+        random order, at most ``num_regions``: the sample's first box always among them.
+
+        Returns:
+            ``(regions (K, 4), gt_boxes (N, 4))`` in the model frame: the rows' proposals
+            and the boxes that train the proposal head.
+        """
+        vx, vy = ts.frame.visible[2:]
+        px = self.image_boxes.get(sample.image_path) if self.image_boxes else None
+        found = (ts.frame.boxes_to_model(px) if px is not None and len(px)
+                 else np.zeros((0, 4)))
+        found = np.clip(found, 0, [vx, vy, vx, vy])
+        found = found[(found[:, 2] > found[:, 0]) & (found[:, 3] > found[:, 1])]
+        own = np.asarray(ts.boxes, np.float64).reshape(-1, 4)[np.asarray(ts.box_valid, bool)]
+        # the image's boxes less those that are the sample's own (the same object twice)
+        others = [b for b in found if not any(np.allclose(b, o, atol=1e-3) for o in own)]
+        gt = np.asarray([*own, *others], np.float64).reshape(-1, 4)
+        order = rng.permutation(len(gt))
+        K = self.codec.num_regions if self.codec is not None else len(gt)
+        if len(own) and 0 not in order[:K]:  # keep the referred / described box
+            order[rng.integers(min(K, len(order)))] = 0
+        regions = np.stack([jitter_box(gt[i], self.box_jitter, rng) for i in order[:K]]) \
+            if len(gt) else np.zeros((0, 4), np.float32)
+        return regions.astype(np.float32), gt.astype(np.float32)
+
+
+def jitter_box(box: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    """``box`` with each side moved by up to ``amount`` of the box's width / height
+    (clipped to [0, 1]; the box itself when the jitter would empty it)."""
+    box = np.asarray(box, np.float32)
+    if not amount:
+        return box
+    w, h = box[2] - box[0], box[3] - box[1]
+    out = np.clip(box + rng.uniform(-amount, amount, 4) * np.array([w, h, w, h]), 0, 1)
+    return box if out[2] <= out[0] or out[3] <= out[1] else out.astype(np.float32)
 
 
 class MixtureDataset(Dataset):
@@ -568,6 +616,8 @@ class PixelDataModule(L.LightningDataModule):
         self.val_sets: list[TaskDataset] = []
         #: Bad images met so far: path -> message (first met first).
         self.bad_images: dict[str, str] = {}
+        #: image folder -> image path -> every object's pixel boxes (:meth:`image_boxes`).
+        self._image_boxes: dict[str | None, dict[str, np.ndarray]] = {}
 
     def set_location(self, location: LocationConfig | dict[str, Any] | None) -> None:
         """Encode rows for a model's ``location`` config: its codec, and the tokenizer with
@@ -603,7 +653,41 @@ class PixelDataModule(L.LightningDataModule):
                            alignment=hp.alignment, codec=self.codec,
                            point_prompt_prob=hp.point_prompt_prob if train else 0.0,
                            box_jitter=hp.box_jitter if train else 0.0,
-                           max_regions=hp.max_regions, seed=hp.seed, images=self.images)
+                           max_regions=hp.max_regions, seed=hp.seed, images=self.images,
+                           image_boxes=self.image_boxes(src) if self.codec.uses_regions else None)
+
+    def image_boxes(self, src: SourceConfig) -> dict[str, np.ndarray]:
+        """Every object's pixel box per image of ``src`` (the ``regions`` format's training
+        proposals): the ``detection`` annotations of the catalog split whose image folder
+        ``src`` reads (under whatever root holds it), read once per folder. Without one (a
+        split with no instances file) the proposals are each sample's own boxes, and a line
+        says so.
+        """
+        from pixelkit.data import catalog
+
+        cache = self._image_boxes
+        if src.images in cache:
+            return cache[src.images]
+        folder = Path(src.images).resolve() if src.images else Path()
+        ann = None
+        for split in map(catalog.get, catalog.names()):
+            tail = Path(split.images).parts
+            if "detection" in split.tasks and folder.parts[-len(tail):] == tail:
+                root = Path(*folder.parts[:-len(tail)])
+                if split.annotation("detection", root).is_file():
+                    ann = split.annotation("detection", root)
+                    break
+        boxes: dict[str, np.ndarray] = {}
+        if ann is not None:
+            stream, report = iter_any(ann, src.images, strict=False, task="detection")
+            boxes = {s.image_path: s.boxes for s in stream}
+            print(f"[pixelkit] regions: every object box of {len(boxes)} images from {ann}"
+                  + (f" ({report.skipped} records skipped)" if report.skipped else ""))
+        else:
+            print(f"[pixelkit] regions: no detection annotations for the images in "
+                  f"{src.images}; each sample's proposals are its own boxes only")
+        cache[src.images] = boxes
+        return boxes
 
     def setup(self, stage: str | None = None) -> None:
         config = getattr(getattr(self.trainer, "lightning_module", None), "config", None)

@@ -30,6 +30,9 @@ This is the one place that fixes the conventions shared by training (the datamod
   (the whole image), whatever the format.
 * ``location.task_tokens``: prompts start with the task identifier (``[refer] where is
   ...``).
+* ``regions``: every row carries its image's proposals (``Row.regions``, ``(K, 4)``; the
+  batch's ``regions``, ``(R, K, 4)`` NaN-padded), which the model reads as region tokens;
+  a box in a target is written as the token of the proposal that holds it.
 
 Boxes are written on a grid of the image content, so these rows need the content's
 ``extent`` in the model frame (``ModelFrame.visible[2:]``; default the whole square).
@@ -86,6 +89,8 @@ class Row:
         box: (4,) box prompt in the model frame, NaN for none.
         points: (N, 2) point prompts in the model frame, or None.
         point_labels: (N,) 1 positive / 0 negative, or None.
+        regions: (K, 4) model-frame proposals given as region tokens (``regions`` format),
+            NaN rows for padding; None for the other formats.
     """
 
     task: str
@@ -95,6 +100,7 @@ class Row:
     box: np.ndarray = field(default_factory=lambda: NO_BOX.copy())
     points: np.ndarray | None = None
     point_labels: np.ndarray | None = None
+    regions: np.ndarray | None = None
 
 
 @dataclass
@@ -119,7 +125,8 @@ def make_row(tokenizer: Any, task: str, text: str, *, token_boxes: np.ndarray | 
              points: np.ndarray | None = None, point_labels: np.ndarray | None = None,
              max_length: int = 48, locate_words: bool = True,
              codec: LocationCodec | None = None,
-             extent: Sequence[float] | None = None) -> Row:
+             extent: Sequence[float] | None = None,
+             regions: np.ndarray | None = None) -> Row:
     """Build one :class:`Row`.
 
     Args:
@@ -138,12 +145,13 @@ def make_row(tokenizer: Any, task: str, text: str, *, token_boxes: np.ndarray | 
             is then the grounded caption ``text``, from :func:`grounded_row`).
         extent: ``(ex, ey)`` extent of the image content in the model frame, the grid
             boxes are written on (default: the whole square); unused for regression.
+        regions: ``(K, 4)`` the image's proposals (``regions`` format; required there).
     """
     if codec is not None and codec.changes_rows:
         return _location_row(tokenizer, task, text, codec, extent, token_boxes=token_boxes,
                              target_ids=target_ids, box=box, points=points,
                              point_labels=point_labels, max_length=max_length,
-                             locate_words=locate_words)
+                             locate_words=locate_words, regions=regions)
     ids = encode_text(tokenizer, text) if target_ids is None else list(target_ids)
     ids = ids[: max_length - 1]
     labels = ids + [int(tokenizer.eos_token_id)]
@@ -167,8 +175,12 @@ def _location_row(tokenizer: Any, task: str, text: str, codec: LocationCodec,
                   extent: Sequence[float] | None, *, token_boxes: np.ndarray | None,
                   target_ids: list[int] | None, box: np.ndarray | None,
                   points: np.ndarray | None, point_labels: np.ndarray | None,
-                  max_length: int, locate_words: bool) -> Row:
+                  max_length: int, locate_words: bool, regions: np.ndarray | None) -> Row:
     """:func:`make_row` for a codec that changes rows (see the module docstring)."""
+    if codec.uses_regions:
+        if regions is None:
+            raise ValueError("location.format 'regions' rows need the image's regions")
+        regions = np.asarray(regions, np.float32).reshape(-1, 4)
     if task not in TASK_PROMPTS:
         raise ValueError(f"unknown task {task!r}; tasks: {sorted(TASK_PROMPTS)}")
     prompt = TASK_PROMPTS[task].format(text=text)
@@ -190,7 +202,7 @@ def _location_row(tokenizer: Any, task: str, text: str, codec: LocationCodec,
         prompt = f"{codec.task_prefix(task)} {prompt}"
     if codec.writes_targets:
         if task == "refer" and box is not None:
-            target = encode_text(tokenizer, codec.box_markup(box, extent))
+            target = encode_text(tokenizer, codec.box_markup(box, extent, regions))
         elif target_ids is not None:
             target = list(target_ids)
         else:
@@ -202,12 +214,13 @@ def _location_row(tokenizer: Any, task: str, text: str, codec: LocationCodec,
                        box=box, max_length=max_length, locate_words=locate_words)
         labels, targets = ref.labels, ref.point_targets
     return Row(task=task, prompt_ids=encode_text(tokenizer, prompt), labels=labels,
-               point_targets=targets, box=prompt_box, points=points, point_labels=point_labels)
+               point_targets=targets, box=prompt_box, points=points, point_labels=point_labels,
+               regions=regions if codec.uses_regions else None)
 
 
 def grounded_row(tokenizer: Any, codec: LocationCodec, utterances: Sequence[str],
                  utterance_boxes: np.ndarray, *, extent: Sequence[float] | None = None,
-                 max_length: int = 48) -> Row:
+                 max_length: int = 48, regions: np.ndarray | None = None) -> Row:
     """A ``trace`` row whose target is a grounded caption (``text`` / ``tokens`` formats).
 
     Utterances are grouped into phrases (:func:`~pixelkit.modeling.location.group_phrases`:
@@ -223,6 +236,8 @@ def grounded_row(tokenizer: Any, codec: LocationCodec, utterances: Sequence[str]
         utterance_boxes: ``(U, 4)`` model-frame boxes, NaN rows for none.
         extent: content extent in the model frame (the grid's extent).
         max_length: longest ``labels`` (EOS included).
+        regions: ``(K, 4)`` the image's proposals (``regions``: a phrase's box is written
+            as the token of the proposal holding it, a phrase none holds as plain words).
     """
     if not codec.writes_targets:
         raise ValueError(f"location.format {codec.format!r} has no grounded captions; "
@@ -230,7 +245,7 @@ def grounded_row(tokenizer: Any, codec: LocationCodec, utterances: Sequence[str]
     segments = group_phrases(utterances, utterance_boxes)
 
     def ids_of(n: int) -> list[int]:
-        return encode_text(tokenizer, codec.grounded_markup(segments[:n], extent))
+        return encode_text(tokenizer, codec.grounded_markup(segments[:n], extent, regions))
 
     n, ids = len(segments), ids_of(len(segments))
     if len(ids) > max_length - 1:  # the most whole phrases that fit (binary search)
@@ -245,9 +260,10 @@ def grounded_row(tokenizer: Any, codec: LocationCodec, utterances: Sequence[str]
         if n == 0:  # not even the first phrase and its box fit: its words alone, cut
             text = " ".join(segments[0][0].split())
             return make_row(tokenizer, "trace", text, max_length=max_length, codec=codec,
-                            extent=extent)
-    return make_row(tokenizer, "trace", codec.grounded_markup(segments[:n], extent),
-                    target_ids=ids, max_length=max_length, codec=codec, extent=extent)
+                            extent=extent, regions=regions)
+    return make_row(tokenizer, "trace", codec.grounded_markup(segments[:n], extent, regions),
+                    target_ids=ids, max_length=max_length, codec=codec, extent=extent,
+                    regions=regions)
 
 
 def collate(examples: list[Example], pad_id: int = 0) -> dict[str, Any]:
@@ -259,7 +275,8 @@ def collate(examples: list[Example], pad_id: int = 0) -> dict[str, Any]:
         (R, N) with -1 padding, or None when no row has points; ``prompt_ids`` /
         ``prompt_mask`` (R, Tp); ``labels`` (R, L) with -100 padding; ``point_targets``
         (R, L, 4) (0 where invalid) and ``point_mask`` (R, L); ``gt_boxes``: a list of
-        (N_i, 4) tensors when any example has them, else None; ``meta``: list of dicts.
+        (N_i, 4) tensors when any example has them, else None; ``regions`` (R, K, 4) NaN
+        padded when rows carry regions, else None; ``meta``: list of dicts.
     """
     rows = [r for ex in examples for r in ex.rows]
     R = len(rows)
@@ -289,8 +306,16 @@ def collate(examples: list[Example], pad_id: int = 0) -> dict[str, Any]:
         "point_targets": torch.nan_to_num(targets),
         "point_mask": point_mask.long(),
         "gt_boxes": None,
+        "regions": None,
         "meta": [ex.meta for ex in examples],
     }
+    if any(r.regions is not None for r in rows):
+        K = max(len(r.regions) for r in rows if r.regions is not None)
+        regions = torch.full((R, K, 4), float("nan"))
+        for i, r in enumerate(rows):
+            if r.regions is not None:
+                regions[i, : len(r.regions)] = torch.from_numpy(np.asarray(r.regions, np.float32))
+        batch["regions"] = regions
     if any(r.points is not None for r in rows):
         N = max(len(r.points) for r in rows if r.points is not None)
         pts = torch.zeros(R, N, 2)
@@ -309,4 +334,4 @@ def collate(examples: list[Example], pad_id: int = 0) -> dict[str, Any]:
 
 #: Keys of a collated batch that :meth:`PixelLLM.forward` takes as keyword arguments.
 MODEL_KEYS = ("image_index", "boxes", "points", "point_labels", "prompt_ids", "prompt_mask",
-              "labels", "point_targets", "point_mask", "gt_boxes")
+              "labels", "point_targets", "point_mask", "gt_boxes", "regions")

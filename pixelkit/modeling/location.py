@@ -14,6 +14,12 @@ encoding (:mod:`pixelkit.data.encoding`), the Predictor and evaluation agree on 
   values per axis, a box is four tokens x0 y0 x1 y1. A grounded caption is
   ``<p>a red circle</p><box><loc_a><loc_b></box>``; words outside ``<p>...</p>`` have no
   box.
+* ``regions`` (Groma): the image's proposals (the proposal head's boxes; ground-truth
+  boxes with jitter in training) enter the LM as region tokens ``<r1>`` ... ``<rK>``, and a
+  box is written as the token of the region that holds it: a referring answer is ``<r3>``,
+  a grounded caption ``<p>a red circle</p><r3>``. Writing and reading take the row's
+  ``regions`` (``(K, 4)`` model-frame boxes, NaN rows for padding) where the other formats
+  take the extent; a token past the proposals reads as ``out_of_range``.
 * ``regression`` writes no boxes into targets; with ``location.prompt: text`` its region
   prompts are written in the ``text`` style.
 
@@ -84,7 +90,13 @@ _TOKENS_LEXER = re.compile(
     r"|<loc_(?P<loc>\d+)>|(?P<space>\s+)|(?P<word>[^<\s]+|<)"
 )
 # A text box: '[' then anything but brackets, then ']' (missing when truncated / unclosed).
+# The regions format: a region token is a box; the Kosmos-2 phrase markup stays.
+_REGIONS_LEXER = re.compile(
+    r"(?P<open_p><p>)|(?P<close_p></p>)|<r(?P<region>\d+)>|(?P<space>\s+)|(?P<word>[^<\s]+|<)"
+)
 _TEXT_BOX = re.compile(r"\[(?P<body>[^\[\]]*)(?P<close>\])?")
+#: Lexeme kinds that start a box in the tokens / regions formats.
+_BOX_STARTS = ("open_box", "loc", "region")
 _INT = re.compile(r"[+-]?\d+")
 _NUMERIC = re.compile(r"[\d,\s+-]*")
 
@@ -227,9 +239,6 @@ class LocationCodec:
 
     Args:
         config: the model config's ``location`` (a dict is accepted).
-
-    Raises:
-        NotImplementedError: ``format: regions`` (a later slice).
     """
 
     def __init__(self, config: LocationConfig | dict | None = None) -> None:
@@ -237,14 +246,12 @@ class LocationCodec:
             config = LocationConfig()
         elif isinstance(config, dict):
             config = LocationConfig(**config)
-        if config.format == "regions":
-            raise NotImplementedError("location.format 'regions' (Groma region tokens) is not "
-                                      "implemented yet; use regression, text or tokens")
         self.config = config
         self.format = config.format
-        #: How boxes are written: 'text' for text (and region prompts of regression), else
-        #: 'tokens'.
-        self.style = "tokens" if config.format == "tokens" else "text"
+        #: How boxes are written: 'tokens', 'regions', else 'text' (also the region prompts
+        #: of regression).
+        self.style = config.format if config.format in ("tokens", "regions") else "text"
+        self.num_regions = int(config.num_regions)
         self.bins = int(config.bins)
         self.grid = int(config.token_grid)
         self.corner = config.token_style == "corner"
@@ -260,7 +267,12 @@ class LocationCodec:
     def writes_targets(self) -> bool:
         """Whether boxes are written into target text (``text`` / ``tokens``) instead of
         regressed by the point head."""
-        return self.format in ("text", "tokens")
+        return self.format in ("text", "tokens", "regions")
+
+    @property
+    def uses_regions(self) -> bool:
+        """Whether rows carry proposals as region tokens (``regions``)."""
+        return self.format == "regions"
 
     @property
     def writes_prompts(self) -> bool:
@@ -288,10 +300,17 @@ class LocationCodec:
         """``<loc_0>`` ... ``<loc_{N-1}>``: the added location vocabulary."""
         return [f"<loc_{i}>" for i in range(self.num_loc_tokens)]
 
+    def region_tokens(self) -> list[str]:
+        """``<r1>`` ... ``<rK>``: the region tokens of ``regions`` (empty otherwise)."""
+        return [f"<r{i}>" for i in range(1, self.num_regions + 1)] if self.uses_regions else []
+
     def added_tokens(self) -> list[str]:
         """Tokens to add to the vocabulary as ordinary (not special) tokens, so that
         decoding with ``skip_special_tokens`` keeps them: the ``<loc_i>`` tokens and the
-        markup of the ``tokens`` format; none for ``text`` (numbers and brackets are text)."""
+        markup of ``tokens``, the region tokens and phrase markup of ``regions``; none for
+        ``text`` (numbers and brackets are text)."""
+        if self.uses_regions:
+            return [*self.region_tokens(), "<p>", "</p>"]
         if self.format != "tokens":
             return []
         return [*self.loc_tokens(), *MARKUP_TOKENS]
@@ -365,9 +384,44 @@ class LocationCodec:
             return [f"<loc_{y0 * self.grid + x0}>", f"<loc_{y1 * self.grid + x1}>"]
         return [f"<loc_{v}>" for v in (x0, y0, x1, y1)]
 
-    def box_markup(self, box: Sequence[float], extent: Sequence[float] | None = None) -> str:
-        """How a box is written: ``[12,40,33,61]`` (text style) or
-        ``<box><loc_a><loc_b></box>`` (tokens)."""
+    @staticmethod
+    def region_index(box: Sequence[float], regions: np.ndarray | None) -> int | None:
+        """The region (0-based) that stands for ``box``: of the valid regions holding the
+        box's centre, the one of highest IoU; None when no region holds it.
+
+        Args:
+            box: ``(4,)`` xyxy model-frame box (a referred object's, a phrase's trace box).
+            regions: ``(K, 4)`` the row's proposals, NaN rows for padding.
+        """
+        if regions is None or len(regions) == 0:
+            return None
+        b = np.asarray(box, np.float64).reshape(4)
+        r = np.asarray(regions, np.float64).reshape(-1, 4)
+        cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+        with np.errstate(invalid="ignore"):
+            holds = (r[:, 0] <= cx) & (cx <= r[:, 2]) & (r[:, 1] <= cy) & (cy <= r[:, 3])
+        if not holds.any():
+            return None
+        lo, hi = np.maximum(r[:, :2], b[:2]), np.minimum(r[:, 2:], b[2:])
+        inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+        union = np.prod(r[:, 2:] - r[:, :2], axis=1) + np.prod(b[2:] - b[:2]) - inter
+        iou = np.where(holds, inter / np.maximum(union, 1e-12), -1.0)
+        return int(np.argmax(iou))
+
+    def box_markup(self, box: Sequence[float], extent: Sequence[float] | None = None,
+                   regions: np.ndarray | None = None) -> str:
+        """How a box is written: ``[12,40,33,61]`` (text style),
+        ``<box><loc_a><loc_b></box>`` (tokens) or ``<r3>`` (regions: the token of
+        :meth:`region_index` in ``regions``).
+
+        Raises:
+            ValueError: ``regions`` and no region holds the box.
+        """
+        if self.style == "regions":
+            j = self.region_index(box, regions)
+            if j is None:
+                raise ValueError(f"no region holds the box {np.asarray(box).round(3).tolist()}")
+            return f"<r{j + 1}>"
         if self.style == "tokens":
             return "<box>" + "".join(self.box_tokens(box, extent)) + "</box>"
         return "[" + ",".join(str(v) for v in self.quantize(box, extent, self.bins)) + "]"
@@ -375,6 +429,8 @@ class LocationCodec:
     def point_markup(self, point: Sequence[float], extent: Sequence[float] | None = None) -> str:
         """How a point prompt is written: ``[12,40]`` (text style), or
         ``<box><loc_a></box>`` (one cell, corner) / ``<box><loc_x><loc_y></box>`` (axis)."""
+        if self.style == "regions":
+            raise ValueError("the regions format writes no point prompts (prompt: encoder)")
         x, y = (float(v) for v in np.asarray(point, np.float64).reshape(2))
         qx, qy = self.quantize([x, y, x, y], extent)[:2]
         if self.style == "text":
@@ -384,11 +440,13 @@ class LocationCodec:
         return f"<box><loc_{qx}><loc_{qy}></box>"
 
     def grounded_markup(self, segments: Sequence[tuple[str, Sequence[float] | None]],
-                        extent: Sequence[float] | None = None) -> str:
+                        extent: Sequence[float] | None = None,
+                        regions: np.ndarray | None = None) -> str:
         """A grounded caption from ``(phrase, box or None)`` segments, in order.
 
         ``text``: ``phrase [x0,y0,x1,y1]``; ``tokens``: ``<p>phrase</p><box>...</box>``;
-        a segment without a box (None or any NaN) is written as plain words. Empty phrases
+        ``regions``: ``<p>phrase</p><r3>``. A segment without a box (None or any NaN), or
+        with ``regions`` one that no region holds, is written as plain words. Empty phrases
         are dropped.
         """
         if not self.writes_targets:
@@ -400,12 +458,15 @@ class LocationCodec:
             if not phrase:
                 continue
             located = box is not None and bool(np.isfinite(np.asarray(box, np.float64)).all())
+            if located and self.style == "regions":
+                located = self.region_index(box, regions) is not None  # type: ignore[arg-type]
             if not located:
                 parts.append(phrase)
             elif self.style == "text":
                 parts.append(f"{phrase} {self.box_markup(box, extent)}")  # type: ignore[arg-type]
             else:
-                parts.append(f"<p>{phrase}</p>{self.box_markup(box, extent)}")  # type: ignore[arg-type]
+                parts.append(f"<p>{phrase}</p>"
+                             f"{self.box_markup(box, extent, regions)}")  # type: ignore[arg-type]
         return " ".join(parts)
 
     def task_prefix(self, task: str) -> str:
@@ -424,12 +485,20 @@ class LocationCodec:
         n = self.bins if self.style == "text" else self.grid
         return self.dequantize([n - 1] * 4, None, n)
 
+    def _longest_regions(self) -> np.ndarray | None:
+        """Regions for the length bounds: the longest box as the last region (``<rK>``)."""
+        if not self.uses_regions:
+            return None
+        regions = np.full((self.num_regions, 4), np.nan)
+        regions[-1] = self._longest_box()
+        return regions
+
     def box_length(self, tokenizer: Any) -> int:
         """Tokens of the longest box markup under ``tokenizer``: the budget of a generated
         referring answer (9 for ``text`` with the shapes tokenizer, 4 for ``corner``
-        tokens, 6 for ``axis``)."""
-        return len(tokenizer(self.box_markup(self._longest_box()),
-                             add_special_tokens=False).input_ids)
+        tokens, 6 for ``axis``, 1 for ``regions``)."""
+        markup = self.box_markup(self._longest_box(), regions=self._longest_regions())
+        return len(tokenizer(markup, add_special_tokens=False).input_ids)
 
     def target_length(self, tokenizer: Any, max_text_length: int) -> int:
         """The longest target (EOS included) of a format, for ``max_text_length`` words' worth
@@ -448,7 +517,8 @@ class LocationCodec:
         if not self.writes_targets:
             return max_text_length
         plain = len(tokenizer("a", add_special_tokens=False).input_ids)
-        marked = len(tokenizer(self.grounded_markup([("a", self._longest_box())]),
+        marked = len(tokenizer(self.grounded_markup([("a", self._longest_box())],
+                                                    regions=self._longest_regions()),
                                add_special_tokens=False).input_ids)
         return max_text_length + (max_text_length - 1) // 4 * (marked - plain)
 
@@ -459,6 +529,8 @@ class LocationCodec:
         predicted given the true words before it (as the point head is)."""
         if self.style == "tokens":
             return [re.fullmatch(r"<loc_\d+>", t) is not None for t in tokens]
+        if self.style == "regions":
+            return [re.fullmatch(r"<r\d+>", t) is not None for t in tokens]
         return [t.lstrip("▁Ġ#").isdigit() for t in tokens]
 
     # ------------------------------------------------------------------ reading
@@ -505,21 +577,34 @@ class LocationCodec:
         return self._values_box(locs, P, extent, span)
 
     def _lex_tokens(self, text: str) -> list[tuple[str, str, int, int]]:
-        """``(kind, value, start, end)`` lexemes of a ``tokens``-format text, no spaces."""
+        """``(kind, value, start, end)`` lexemes of a ``tokens``- or ``regions``-format
+        text, no spaces."""
         out = []
-        for m in _TOKENS_LEXER.finditer(text):
+        lexer = _REGIONS_LEXER if self.style == "regions" else _TOKENS_LEXER
+        for m in lexer.finditer(text):
             kind = m.lastgroup
             if kind == "space":
                 continue
-            value = m.group("loc") if kind == "loc" else m.group(0)
+            value = m.group(kind) if kind in ("loc", "region") else m.group(0)
             out.append((str(kind), value, m.start(), m.end()))
         return out
 
+    @staticmethod
+    def _region_box(index: int, regions: np.ndarray | None, span: tuple[int, int]) -> BoxParse:
+        """Region token ``<r{index}>`` -> its proposal (``out_of_range`` past them)."""
+        r = None if regions is None else np.asarray(regions, np.float32).reshape(-1, 4)
+        if r is None or not 1 <= index <= len(r) or not np.isfinite(r[index - 1]).all():
+            return BoxParse(None, "out_of_range", span)
+        return BoxParse(r[index - 1].copy(), None, span)
+
     def _read_token_box(self, lex: list[tuple[str, str, int, int]], i: int,
-                        extent: tuple[float, float]) -> tuple[BoxParse, int]:
-        """Read a box starting at lexeme ``i`` (``<box>`` or a bare run of ``<loc_i>``);
-        returns the parse and the index after it."""
+                        extent: tuple[float, float], regions: np.ndarray | None = None
+                        ) -> tuple[BoxParse, int]:
+        """Read a box starting at lexeme ``i`` (``<box>``, a bare run of ``<loc_i>``, or a
+        region token); returns the parse and the index after it."""
         start = lex[i][2]
+        if lex[i][0] == "region":
+            return self._region_box(int(lex[i][1]), regions, (start, lex[i][3])), i + 1
         if lex[i][0] == "loc":  # a bare run of location tokens (the wrapper left out)
             j = i
             while j < len(lex) and lex[j][0] == "loc":
@@ -541,7 +626,8 @@ class LocationCodec:
             return BoxParse(None, "unclosed", (start, lex[j - 1][3])), j  # other markup
         return BoxParse(None, "truncated", (start, lex[-1][3])), j
 
-    def decode_box(self, text: str, extent: Sequence[float] | None = None) -> BoxParse:
+    def decode_box(self, text: str, extent: Sequence[float] | None = None,
+                   regions: np.ndarray | None = None) -> BoxParse:
         """The first box written in generated ``text`` (a referring answer).
 
         Never raises: the first box-like markup decides (a malformed first box is a
@@ -550,6 +636,7 @@ class LocationCodec:
         Args:
             text: the decoded generation (special tokens removed or not).
             extent: the content extent ``(ex, ey)`` in the model frame.
+            regions: ``(K, 4)`` the row's proposals (``regions`` format).
         """
         try:
             ext = self._extent(extent)
@@ -565,19 +652,21 @@ class LocationCodec:
             return BoxParse(None, "no_box")
         lex = self._lex_tokens(text)
         for i, (kind, _, _, _) in enumerate(lex):
-            if kind in ("open_box", "loc"):
-                return self._read_token_box(lex, i, ext)[0]
+            if kind in _BOX_STARTS:
+                return self._read_token_box(lex, i, ext, regions)[0]
         return BoxParse(None, "no_box")
 
     @staticmethod
     def _is_task_identifier(piece: str) -> bool:
         return piece in TASK_IDENTIFIERS.values()
 
-    def parse_grounded(self, text: str, extent: Sequence[float] | None = None) -> GroundedCaption:
+    def parse_grounded(self, text: str, extent: Sequence[float] | None = None,
+                       regions: np.ndarray | None = None) -> GroundedCaption:
         """Every phrase with its box, and the plain words, of a grounded caption.
 
         ``text``: a box belongs to the words since the previous box (or the start);
-        ``tokens``: to the words of the ``<p>...</p>`` just before it (a bare box, to none).
+        ``tokens`` / ``regions``: to the words of the ``<p>...</p>`` just before it (a bare
+        box, to none); ``regions`` reads a region token as its proposal in ``regions``.
         A phrase whose box is malformed or missing keeps its words (no box) and records the
         failure. Markup and task identifiers are stripped from the words. Never raises.
         """
@@ -632,15 +721,15 @@ class LocationCodec:
                         i += 1
                     if i < len(lex) and lex[i][0] == "close_p":
                         i += 1
-                        if i < len(lex) and lex[i][0] in ("open_box", "loc"):
-                            parse, i = self._read_token_box(lex, i, ext)
+                        if i < len(lex) and lex[i][0] in _BOX_STARTS:
+                            parse, i = self._read_token_box(lex, i, ext, regions)
                         else:
                             parse = BoxParse(None, "no_box")
                     else:  # '<p>' never closed: the words stay, no box
                         parse = BoxParse(None, "truncated" if i >= len(lex) else "unclosed")
                     close_phrase(first, parse)
-                elif kind in ("open_box", "loc"):  # a box with no phrase: nothing to ground
-                    parse, i = self._read_token_box(lex, i, ext)
+                elif kind in _BOX_STARTS:  # a box with no phrase: nothing to ground
+                    parse, i = self._read_token_box(lex, i, ext, regions)
                     phrases.append(GroundedPhrase("", (len(words), len(words)), parse.box,
                                                   parse.error))
                 else:  # stray '</p>' / '</box>': markup, stripped

@@ -4,7 +4,8 @@
 
     images (B_img, 3, S, S) --ImageEncoder--> f (B_img, C, h, w)
     f[image_index] + prompt tokens --extractor--> visual tokens (B, Q, D_lm)
-    [visual ; embedded text prompt] --LM--> logits (B, L, V), hidden (B, L, D_lm)
+    f + proposals --RoIAlign--> region tokens (B, K, D_lm)   (location.format 'regions')
+    [visual ; regions ; embedded text prompt] --LM--> logits (B, L, V), hidden (B, L, D_lm)
     hidden --PointHead--> points (B, L, 4)
     f --ProposalHead--> heatmaps / boxes (dense captioning)
 
@@ -38,6 +39,7 @@ from pixelkit.modeling.point_head import PointHead
 from pixelkit.modeling.prompt_encoder import PromptEncoder, pack_prompts
 from pixelkit.modeling.prompt_feature_extractor import PromptFeatureExtractor
 from pixelkit.modeling.proposal_head import ProposalHead
+from pixelkit.modeling.region_encoder import RegionEncoder
 from pixelkit.modeling.trainable import set_trainable
 
 
@@ -113,7 +115,9 @@ class PixelLLM(nn.Module, PyTorchModelHubMixin):
         self.config = config
         self.image_encoder = ImageEncoder(config.image_encoder, config.image_size)
         new_ids: list[int] = []
-        if LocationCodec(config.location).changes_rows:
+        codec = LocationCodec(config.location)
+        region_ids: list[int] = []
+        if codec.changes_rows:
             # The location tokenizer's added ids get embedding rows (trained under LoRA).
             from pixelkit.modeling.tokenizer import load_tokenizer, new_token_ids, tokenizer_for
 
@@ -121,6 +125,7 @@ class PixelLLM(nn.Module, PyTorchModelHubMixin):
             tok = tokenizer_for(config)
             new_ids = new_token_ids(load_tokenizer(lm.tokenizer or lm.name), tok)
             vocab_size = max(vocab_size or 0, len(tok))
+            region_ids = tok.convert_tokens_to_ids(codec.region_tokens())
         self.language_model = LanguageModel(config.language_model, vocab_size, new_ids)
         width = config.extractor.width
         self.prompt_encoder = PromptEncoder(width, config.prompt_encoder.pe_scale)
@@ -129,6 +134,16 @@ class PixelLLM(nn.Module, PyTorchModelHubMixin):
         self.point_head = PointHead(self.language_model.hidden_size, config.point_head)
         self.proposal_head = (ProposalHead(self.image_encoder.out_channels, config.proposal_head)
                               if config.proposal_head.enabled else None)
+        #: ``regions`` format: pools the proposals given as region tokens; the ids of
+        #: ``<r1>`` ... ``<rK>`` (not saved: they follow from the config).
+        self.region_encoder = (RegionEncoder(self.image_encoder.out_channels,
+                                             self.language_model.hidden_size)
+                               if codec.uses_regions else None)
+        self.register_buffer("region_ids", torch.tensor(region_ids, dtype=torch.long),
+                             persistent=False)
+        if codec.uses_regions and self.proposal_head is None:
+            raise ValueError("location.format 'regions' needs the proposal head "
+                             "(proposal_head.enabled): its proposals are the regions")
         for backbone, bcfg in zip(self.image_encoder.backbones, config.image_encoder.backbones):
             if bcfg.frozen:
                 backbone.requires_grad_(False)
@@ -308,17 +323,65 @@ class PixelLLM(nn.Module, PyTorchModelHubMixin):
         pe = self.prompt_encoder.dense_pe(*features.shape[-2:])
         return self.extractor(features, tokens, pe, image_index)
 
+    def region_tokens(self, features: torch.Tensor, regions: torch.Tensor,
+                      image_index: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Region tokens of the ``regions`` format: the embedding of ``<ri>`` plus the
+        RoIAlign-pooled features of proposal i (:class:`RegionEncoder`).
+
+        Args:
+            features: (B_img, C, h, w).
+            regions: (B, K, 4) xyxy in [0, 1], NaN rows for padding (K <= num_regions).
+            image_index: (B,) image of each row.
+
+        Returns:
+            ``(tokens, mask)``: (B, K, D) and (B, K).
+        """
+        if self.region_encoder is None:
+            raise ValueError("regions given to a model whose location.format is "
+                             f"{self.config.location.format!r}, not 'regions'")
+        K = regions.shape[1]
+        if K > len(self.region_ids):
+            raise ValueError(f"{K} regions per row, but location.num_regions is "
+                             f"{len(self.region_ids)}")
+        pooled, mask = self.region_encoder(features, regions, image_index)
+        names = self.language_model.embed(self.region_ids[None, :K])          # (1, K, D)
+        return pooled + names.to(pooled.dtype), mask
+
     def prefix(self, visual: torch.Tensor, prompt_ids: torch.Tensor | None = None,
-               prompt_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """[visual tokens ; embedded text prompt] and its mask: (B, P, D), (B, P)."""
+               prompt_mask: torch.Tensor | None = None,
+               regions: tuple[torch.Tensor, torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[visual tokens ; region tokens ; embedded text prompt] and its mask: (B, P, D),
+        (B, P). ``regions``: :meth:`region_tokens`' output, or None."""
         B, Q, _ = visual.shape
-        mask = torch.ones(B, Q, dtype=torch.long, device=visual.device)
-        if prompt_ids is None or prompt_ids.shape[1] == 0:
-            return visual, mask
-        if prompt_mask is None:
-            prompt_mask = torch.ones_like(prompt_ids)
-        text = self.language_model.embed(prompt_ids).to(visual.dtype)
-        return torch.cat([visual, text], 1), torch.cat([mask, prompt_mask.long()], 1)
+        parts = [visual]
+        masks = [torch.ones(B, Q, dtype=torch.long, device=visual.device)]
+        if regions is not None:
+            parts.append(regions[0].to(visual.dtype))
+            masks.append(regions[1].long())
+        if prompt_ids is not None and prompt_ids.shape[1] > 0:
+            if prompt_mask is None:
+                prompt_mask = torch.ones_like(prompt_ids)
+            parts.append(self.language_model.embed(prompt_ids).to(visual.dtype))
+            masks.append(prompt_mask.long())
+        if len(parts) == 1:
+            return visual, masks[0]
+        return torch.cat(parts, 1), torch.cat(masks, 1)
+
+    def input_prefix(self, features: torch.Tensor, *, image_index: torch.Tensor | None = None,
+                     boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
+                     point_labels: torch.Tensor | None = None,
+                     prompt_ids: torch.Tensor | None = None,
+                     prompt_mask: torch.Tensor | None = None,
+                     regions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the LM reads before its target, from a batch's prompts: visual tokens
+        (:meth:`visual_tokens`), region tokens when ``regions`` is given
+        (:meth:`region_tokens`) and the text prompt. Training and decoding both build it
+        here. Returns (B, P, D) and its mask (B, P)."""
+        visual = self.visual_tokens(features, boxes, points, point_labels, image_index)
+        tokens = None if regions is None else self.region_tokens(features, regions, image_index)
+        return self.prefix(visual, prompt_ids, prompt_mask, tokens)
 
     # ----------------------------------------------------------------- forward
     def forward(
@@ -336,6 +399,7 @@ class PixelLLM(nn.Module, PyTorchModelHubMixin):
         point_targets: torch.Tensor | None = None,
         point_mask: torch.Tensor | None = None,
         gt_boxes: list[torch.Tensor] | None = None,
+        regions: torch.Tensor | None = None,
         return_points: bool = True,
     ) -> PixelLLMOutput:
         """Teacher-forced pass with losses for whatever targets are given.
@@ -349,6 +413,7 @@ class PixelLLM(nn.Module, PyTorchModelHubMixin):
             point_targets: (B, L, 4) targets aligned with positions (see module doc).
             point_mask: (B, L) 1 where ``point_targets`` is valid.
             gt_boxes: per image (N_i, 4) normalised xyxy boxes: trains the proposal head.
+            regions: (B, K, 4) proposals given as region tokens (``regions`` format).
             return_points: run the point head even without point targets (off: a plain
                 captioning step pays nothing for it).
 
@@ -363,8 +428,10 @@ class PixelLLM(nn.Module, PyTorchModelHubMixin):
         w = self.config.loss
         total: list[torch.Tensor] = []
         if labels is not None:
-            visual = self.visual_tokens(features, boxes, points, point_labels, image_index)
-            prefix, mask = self.prefix(visual, prompt_ids, prompt_mask)
+            prefix, mask = self.input_prefix(
+                features, image_index=image_index, boxes=boxes, points=points,
+                point_labels=point_labels, prompt_ids=prompt_ids, prompt_mask=prompt_mask,
+                regions=regions)
             out.logits, hidden = self.language_model(prefix, mask, labels)
             has_targets = point_targets is not None and point_mask is not None
             if has_targets or return_points:

@@ -97,9 +97,14 @@ class PixelLLMStage(L.LightningModule):
         self.model = PixelLLM(self.config)
         if init_from:
             self.load_weights(init_from)
-        set_trainable(self.model, trainable, frozen if frozen is not None else self.default_frozen)
-        self.train_proposals = (self.default_train_proposals if train_proposals is None
-                                else train_proposals)
+        default_frozen, default_proposals = self.default_frozen, self.default_train_proposals
+        if self.codec.uses_regions:
+            # Groma: the proposals are what the LM names, so the proposal head learns
+            # wherever the LM does (from the ground-truth boxes the regions come from).
+            default_frozen = [f for f in default_frozen if not f.startswith("proposal_head")]
+            default_proposals = True
+        set_trainable(self.model, trainable, frozen if frozen is not None else default_frozen)
+        self.train_proposals = default_proposals if train_proposals is None else train_proposals
         self.val_task_names: list[str] = []
 
     @property
@@ -125,6 +130,10 @@ class PixelLLMStage(L.LightningModule):
                                f"init_from {path}")
         state = self._grown_vocabulary(state)
         missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if not any(k.startswith("region_encoder.") for k in state):
+            # A regions model from a checkpoint of another format (the caption stage every
+            # interface starts from): its region encoder is new, as its added token rows are.
+            missing = [k for k in missing if not k.startswith("region_encoder.")]
         if missing or unexpected:
             raise ValueError(f"init_from {path}: architecture differs from this stage's model "
                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
@@ -259,7 +268,8 @@ class PixelLLMStage(L.LightningModule):
             name, rows = _TASK_NAMES[tid], task == tid
             log(f"val/{name}/token_acc", correct[rows].sum() / valid[rows].sum(), int(rows.sum()))
             if name == "refer" and self.codec.writes_targets:
-                hits, failures, n = self._written_refer(out.logits[rows], labels[rows])
+                regions = None if batch["regions"] is None else batch["regions"][rows]
+                hits, failures, n = self._written_refer(out.logits[rows], labels[rows], regions)
                 log("val/refer/p_at_0.5", hits / n, n)
                 log("val/refer/parse_failure_rate", failures / n, n)
             elif name == "refer":
@@ -278,8 +288,8 @@ class PixelLLMStage(L.LightningModule):
                               batch["point_targets"][rows].cpu(), m.cpu())
                 log("val/trace/l1", l1, int(m.sum()))
 
-    def _written_refer(self, logits: torch.Tensor, labels: torch.Tensor
-                       ) -> tuple[float, int, int]:
+    def _written_refer(self, logits: torch.Tensor, labels: torch.Tensor,
+                       regions: torch.Tensor | None = None) -> tuple[float, int, int]:
         """Teacher-forced referring of a format that writes the box: the argmax tokens at
         the target's positions, parsed (:meth:`LocationCodec.decode_box`), against the
         target's own box. IoU is the same in any frame scaled per axis, so both are read on
@@ -288,18 +298,21 @@ class PixelLLMStage(L.LightningModule):
         Args:
             logits: ``(R, L, V)`` of the refer rows.
             labels: ``(R, L)`` their targets (-100 padding).
+            regions: ``(R, K, 4)`` their proposals (``regions``: a token reads as its
+                proposal; the target's is the jittered true box).
 
         Returns:
             ``(hits at IoU > 0.5, parse failures, rows)``.
         """
         tok = self._location_tokenizer()
         hits = failures = 0
-        for pred, gold in zip(logits.argmax(-1).tolist(), labels.tolist()):
+        rows = regions.float().cpu().numpy() if regions is not None else [None] * len(labels)
+        for pred, gold, row in zip(logits.argmax(-1).tolist(), labels.tolist(), rows):
             keep = [i for i, g in enumerate(gold) if g != IGNORE_INDEX]
             truth = self.codec.decode_box(tok.decode([gold[i] for i in keep],
-                                                     skip_special_tokens=True))
+                                                     skip_special_tokens=True), regions=row)
             got = self.codec.decode_box(tok.decode([pred[i] for i in keep],
-                                                   skip_special_tokens=True))
+                                                   skip_special_tokens=True), regions=row)
             failures += not got.ok
             if got.ok and truth.ok:
                 iou = box_iou(torch.from_numpy(got.box[None]), torch.from_numpy(truth.box[None]))
