@@ -503,7 +503,9 @@ def check_study(runs: Sequence[ResolvedRun], param_key: str, values: Sequence[An
     differing = {k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str)
                                          for f in flats}) > 1}
     studied = {k for k in differing if k == param_key or k.startswith(param_key + ".")}
-    if not studied or len({json.dumps(g[0].get(param_key), default=str) for g in groups}) < len(values):
+    # One value (a study run in parts, e.g. one format at a time) has nothing to differ in.
+    if len(values) > 1 and (not studied or len({json.dumps(g[0].get(param_key), default=str)
+                                                for g in groups}) < len(values)):
         seen = [g[0].get(param_key) for g in groups]
         raise ValueError(f"the study parameter {param_key} would not change: the runs for "
                          f"{list(values)} resolve to {seen} (another setting overrides it, "

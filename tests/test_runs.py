@@ -241,6 +241,9 @@ def test_a_study_that_would_not_change_stops_before_training(tmp_path: Path,
     with pytest.raises(ValueError, match="trainer.max_steps is set twice"):
         runs.plan_study("caption", "trainer.max_steps", [1, 2], steps=3, **common)
     assert not list(tmp_path.glob("runs/*/checkpoints"))  # nothing trained
+    # one value (a study run in parts): its seeds may differ in the seed alone
+    planned = runs.plan_study("caption", "model.loss.point_weight", [4.0], seeds=[0, 1], **common)
+    assert [r.config["seed_everything"] for r in planned] == [0, 1]
 
 
 def test_pixelkit_study_end_to_end(tmp_path: Path, world: Path) -> None:
