@@ -385,7 +385,9 @@ class LocationConfig:
             x0 y0 x1 y1, Florence-2; PaliGemma writes y first).
         prompt: how a region prompt (``loca_caption``, dense captioning) enters:
             ``"encoder"`` (the prompt encoder, PixelLLM) or ``"text"`` (written into the
-            text prompt in the format above, ``region [12,40,33,61]``).
+            text prompt in the format above, ``region [12,40,33,61]``; with ``regions``
+            the box becomes one of the row's regions, ``region <r3>``, as Groma's user
+            regions; clicks are then not accepted).
         task_tokens: start every text prompt with MiniGPT-v2's task identifier
             (``[caption]``, ``[grounding]``, ``[identify]``, ``[refer]``), added tokens.
         num_regions: K of the ``regions`` format: the proposals given to the LM as region
@@ -406,11 +408,6 @@ class LocationConfig:
         _check_choice("LocationConfig", "prompt", self.prompt, ("encoder", "text"))
         _check_positive("LocationConfig", bins=self.bins, token_grid=self.token_grid,
                         num_regions=self.num_regions)
-        if self.format == "regions" and self.prompt == "text":
-            # A written region prompt would be the token of a proposal, and a user's box
-            # need not be one: Groma adds it as a region; pixelkit does not (yet).
-            raise ValueError("LocationConfig: format 'regions' takes region prompts through "
-                             "the prompt encoder only (prompt: encoder), got prompt: text")
         # One bin cannot tell a corner from another; a P*P vocabulary past a million rows
         # is a typo (P = 32 is Kosmos-2's 1024 tokens).
         if self.bins < 2 or self.token_grid < 2:

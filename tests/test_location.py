@@ -118,8 +118,6 @@ def test_regions_config() -> None:
     codec = LocationCodec(cfg.location)
     assert codec.writes_targets and codec.uses_regions and not codec.uses_numbers
     assert codec.added_tokens() == ["<r1>", "<r2>", "<r3>", "<r4>", "<r5>", "<p>", "</p>"]
-    with pytest.raises(ValueError, match="prompt: encoder"):
-        PixelLLMConfig.from_name("tiny", {"location": {"format": "regions", "prompt": "text"}})
     with pytest.raises(ValueError, match="num_regions"):
         PixelLLMConfig.from_name("tiny", {"location": {"format": "regions", "num_regions": 0}})
 
@@ -654,12 +652,13 @@ def test_task_dataset_location_rows(world, name) -> None:
 
 def test_combinations_of_the_switches() -> None:
     box = np.array([0.2, 0.2, 0.6, 0.5], np.float32)
-    for fmt, prompt, task_tokens in itertools.product(["regression", "text", "tokens"],
+    for fmt, prompt, task_tokens in itertools.product(["regression", "text", "tokens", "regions"],
                                                       ["encoder", "text"], [False, True]):
         codec = LocationCodec({"format": fmt, "prompt": prompt, "task_tokens": task_tokens})
         tok = add_location_tokens(shapes_tokenizer(), codec)
+        regions = REGIONS if fmt == "regions" else None
         for task in TASK_PROMPTS:
-            row = make_row(tok, task, "a red circle", box=box, codec=codec)
+            row = make_row(tok, task, "a red circle", box=box, codec=codec, regions=regions)
             assert tok.unk_token_id not in row.prompt_ids + row.labels, (fmt, prompt, task)
             assert np.isnan(row.box).all() == (task != "loca_caption" or prompt == "text")
             assert np.array_equal(np.isnan(row.box), np.isnan(NO_BOX)) or task == "loca_caption"
@@ -768,3 +767,24 @@ def test_data_module_region_rows(world) -> None:
         assert g.failures == 0
     batch = dm._collate([refer[0], trace[0]])
     assert batch["regions"].shape[:2] == (2, 2) and len(batch["gt_boxes"]) == 2
+
+
+def test_region_prompt_written_as_a_region() -> None:
+    """``prompt: text`` with ``regions``: the prompt box becomes one of the row's regions
+    (an equal proposal is reused) and the prompt names it."""
+    codec = LocationCodec({"format": "regions", "num_regions": 4, "prompt": "text"})
+    tok = add_location_tokens(shapes_tokenizer(), codec)
+    same = make_row(tok, "loca_caption", "a red circle", box=REGIONS[1], codec=codec,
+                    regions=REGIONS)
+    assert tok.decode(same.prompt_ids) == "region <r2>" and np.isnan(same.box).all()
+    np.testing.assert_array_equal(same.regions, REGIONS)
+    new = np.array([0.7, 0.05, 0.95, 0.3], np.float32)
+    row = make_row(tok, "loca_caption", "a red circle", box=new, codec=codec, regions=REGIONS)
+    assert tok.decode(row.prompt_ids) == "region <r4>"            # the padding row
+    np.testing.assert_array_equal(row.regions[3], new)
+    full = codec.with_region(REGIONS[:3].copy(), new)
+    assert full[1] == 3 and len(full[0]) == 4                      # appended (K = 4)
+    assert codec.with_region(np.tile(REGIONS[:1], (4, 1)), new)[1] == 3  # replaces the last
+    with pytest.raises(ValueError, match="box prompts only"):
+        make_row(tok, "loca_caption", "a red circle", points=np.array([[0.2, 0.3]], np.float32),
+                 point_labels=np.array([1]), codec=codec, regions=REGIONS)

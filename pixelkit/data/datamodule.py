@@ -346,7 +346,11 @@ class TaskDataset(Dataset):
 
     def _region_row(self, row: Any, text: str, box: np.ndarray, rng: np.random.Generator) -> Any:
         """A ``loca_caption`` row: box prompt (jittered) or clicked points inside the box."""
-        if self.point_prompt_prob and rng.random() < self.point_prompt_prob:
+        # (clicks cannot be written as regions: a regions model writing its prompts
+        # reads boxes only)
+        regions_text = self.codec is not None and self.codec.uses_regions \
+            and self.codec.writes_prompts
+        if self.point_prompt_prob and not regions_text and rng.random() < self.point_prompt_prob:
             n = int(rng.integers(1, 3))
             # clicks in the central half of the box land on the object for compact shapes
             cx, cy, w, h = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0], box[3] - box[1]

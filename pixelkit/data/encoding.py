@@ -193,6 +193,9 @@ def _location_row(tokenizer: Any, task: str, text: str, codec: LocationCodec,
                         else np.asarray(point_labels).reshape(-1) > 0)
                 prompt += " " + " ".join(codec.point_markup(p, extent)
                                          for p, k in zip(points, keep) if k)
+            elif codec.uses_regions:  # Groma: the user's box becomes a region of the row
+                regions, j = codec.with_region(regions, box)
+                prompt += f" <r{j + 1}>"
             else:
                 prompt += " " + codec.box_markup(box, extent)
             points = point_labels = None

@@ -408,6 +408,40 @@ class LocationCodec:
         iou = np.where(holds, inter / np.maximum(union, 1e-12), -1.0)
         return int(np.argmax(iou))
 
+    def with_region(self, regions: np.ndarray | None, box: Sequence[float]
+                    ) -> tuple[np.ndarray, int]:
+        """``regions`` with ``box`` among them, and its index: a region prompt of the
+        ``regions`` format (Groma adds a user's box as a region). A region that is the box
+        already (IoU >= 0.9) is used; otherwise the box fills the first padding row, or is
+        appended while fewer than ``num_regions``, or replaces the last region.
+
+        Args:
+            regions: ``(K, 4)`` the row's proposals (NaN rows for padding), or None.
+            box: ``(4,)`` the prompt box, model frame.
+
+        Returns:
+            ``(regions (K', 4) float32, index)`` (0-based).
+        """
+        b = np.asarray(box, np.float32).reshape(4)
+        r = (np.zeros((0, 4), np.float32) if regions is None
+             else np.array(regions, np.float32).reshape(-1, 4))
+        j = self.region_index(b, r)
+        if j is not None:
+            lo, hi = np.maximum(r[j, :2], b[:2]), np.minimum(r[j, 2:], b[2:])
+            inter = float(np.prod(np.clip(hi - lo, 0, None)))
+            union = float(np.prod(r[j, 2:] - r[j, :2]) + np.prod(b[2:] - b[:2])) - inter
+            if inter >= 0.9 * union:
+                return r, j
+        free = np.flatnonzero(~np.isfinite(r).all(1))
+        if len(free):
+            j = int(free[0])
+        elif len(r) < self.num_regions:
+            r, j = np.concatenate([r, b[None]]), len(r)
+        else:
+            j = len(r) - 1
+        r[j] = b
+        return r, j
+
     def box_markup(self, box: Sequence[float], extent: Sequence[float] | None = None,
                    regions: np.ndarray | None = None) -> str:
         """How a box is written: ``[12,40,33,61]`` (text style),
@@ -430,7 +464,8 @@ class LocationCodec:
         """How a point prompt is written: ``[12,40]`` (text style), or
         ``<box><loc_a></box>`` (one cell, corner) / ``<box><loc_x><loc_y></box>`` (axis)."""
         if self.style == "regions":
-            raise ValueError("the regions format writes no point prompts (prompt: encoder)")
+            raise ValueError("the regions format writes box prompts only (a box becomes a "
+                             "region); give a box, or use prompt: encoder for clicks")
         x, y = (float(v) for v in np.asarray(point, np.float64).reshape(2))
         qx, qy = self.quantize([x, y, x, y], extent)[:2]
         if self.style == "text":
