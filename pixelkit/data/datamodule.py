@@ -369,7 +369,6 @@ class TaskDataset(Dataset):
         r.box = prompt  # the (jittered) prompt; the targets stay on the true box
         return r
 
-
     def _regions(self, sample: Sample, ts: Any, rng: np.random.Generator
                  ) -> tuple[np.ndarray, np.ndarray]:
         """Training proposals of the ``regions`` format (Groma trains on ground truth).
