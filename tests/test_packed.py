@@ -255,3 +255,24 @@ def test_an_unwritable_cache_is_a_notice(world: Path, monkeypatch, capsys) -> No
     monkeypatch.setattr("tempfile.mkdtemp", read_only)
     assert len(read_source(src, cache=True)) > 0
     assert "packed samples not cached" in capsys.readouterr().err
+
+
+def test_a_cache_read_from_another_directory_opens_its_images(world: Path, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """Samples keep their image paths as the source spells them: a relative folder read
+    from another working directory is cached again, never read with paths that do not
+    open from there."""
+    import shutil
+
+    root = tmp_path / "a" / "shapes"
+    shutil.copytree(world, root)
+    split = catalog.get("shapes/val")
+    monkeypatch.chdir(tmp_path / "a")
+    src = SourceConfig(task="caption", split="shapes/val").resolved("shapes")
+    first = read_source(src, cache=True)
+    assert Path(first[0].image_path).exists()
+    monkeypatch.chdir(tmp_path)
+    again = SourceConfig(task="caption", split="shapes/val").resolved("a/shapes")
+    second = read_source(again, cache=True)
+    assert Path(second[0].image_path).exists() and len(second) == len(first)
+    assert len(list(split.annotation("caption", root).parent.glob("captions_val.json.samples-*"))) == 2

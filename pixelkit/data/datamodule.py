@@ -30,6 +30,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -120,8 +121,12 @@ def samples_cache(src: SourceConfig) -> Path:
     st = ann.stat()
     images = Path(src.images).resolve() if src.images else None
     images_mtime = images.stat().st_mtime_ns if images and images.is_dir() else None
+    # The samples keep their image paths as the source spells them: a relative folder is
+    # another cache from another working directory (its paths would not open from here).
+    spelled = [src.images, None if src.images is None or Path(src.images).is_absolute()
+               else os.getcwd()]
     key = json.dumps([str(ann), st.st_size, st.st_mtime_ns, str(images), images_mtime,
-                      src.task, src.format, __version__, SAMPLES_CACHE_VERSION])
+                      src.task, src.format, __version__, SAMPLES_CACHE_VERSION, *spelled])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return ann.with_name(f"{ann.name}.samples-{src.task}-{digest}")
 
