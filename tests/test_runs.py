@@ -51,7 +51,7 @@ def test_resolve_run_applies_each_setting_once(tmp_path: Path, world: Path) -> N
     assert [lg["class_path"].rsplit(".", 1)[1] for lg in t["logger"]] == ["CSVLogger"]
     assert t["logger"][0]["init_args"]["save_dir"] == folder
     names = [cb["class_path"].rsplit(".", 1)[1] for cb in t["callbacks"]]
-    assert "PredictionImages" not in names and names.count("ModelCheckpoint") == 2
+    assert "PredictionImages" not in names and names.count("ModelCheckpoint") == 3  # best, last, snapshots
     assert all(cb["init_args"]["dirpath"].startswith(folder) for cb in t["callbacks"]
                if cb.get("init_args", {}).get("dirpath"))
     # the default: the config's W&B logger, named after the run, in the study's group
@@ -288,3 +288,21 @@ def test_synth_writes_exactly_what_the_catalog_names(tmp_path: Path) -> None:
         ids = range(1, 19) if split == "train" else range(19, 25)
         expected |= {layout.image_path(i, world).relative_to(world).as_posix() for i in ids}
     assert written == expected
+
+
+def test_last_checkpoint_is_written_at_every_validation(tmp_path: Path, world: Path) -> None:
+    """last.ckpt is the final state whether or not val/loss improved: its own callback
+    writes it at every validation. (Lightning >= 2.6's ``save_last`` writes it only with a
+    new best: a run whose val/loss stopped improving left an old last.ckpt, which the next
+    stage started from and the evaluation read; measured on a 1,000-step refer run whose
+    last.ckpt stayed at step 200.)"""
+    run = runs.run_stage("caption", out=tmp_path, data_root=world, steps=6, val_every=2,
+                         overrides={"model.init_from": None}, **SMALL)
+    assert torch.load(run.last, weights_only=True)["global_step"] == 6
+    callbacks = [c for c in run.resolved()["trainer"]["callbacks"]
+                 if c["class_path"].endswith("ModelCheckpoint")]
+    assert all(not c["init_args"].get("save_last") for c in callbacks)
+    assert any(c["init_args"].get("filename") == "last" and not c["init_args"].get("monitor")
+               for c in callbacks)
+    best = [p for p in run.last.parent.glob("*.ckpt") if p.name != "last.ckpt"]
+    assert len(best) == 1  # the best by val/loss, beside it
