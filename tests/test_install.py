@@ -217,10 +217,16 @@ def test_wheel_installs_and_runs_outside_the_repo(tmp_path: Path) -> None:
           "--out-dir", dist, REPO])
     wheel = next(dist.glob("pixelkit-*.whl"))
     env_dir = tmp_path / "venv"
-    _run([uv, "venv", "-q", "--python", sys.executable, env_dir])
-    # The locked versions, from uv's cache (filled by make setup): offline and exact.
-    _run([uv, "pip", "install", "-q", "--offline", "--python", env_dir / "bin" / "python",
-          f"{wheel}[all]", "-c", REPO / "requirements" / "lock.txt"], env=_offline_env())
+    # The locked dependencies with every extra, exactly uv.lock's, from uv's cache (filled
+    # by make setup): offline. (Not `uv pip install wheel[all]`: that resolves against the
+    # index's listings, which `uv sync` never fetches, so a fresh machine has none cached.)
+    _run([uv, "sync", "-q", "--locked", "--offline", "--all-extras", "--no-dev",
+          "--no-install-project", "--python", sys.executable], cwd=REPO,
+         env=_offline_env(UV_PROJECT_ENVIRONMENT=str(env_dir)))
+    # Then the wheel alone; what it requires must be what was installed.
+    _run([uv, "pip", "install", "-q", "--offline", "--no-deps", "--python",
+          env_dir / "bin" / "python", wheel], env=_offline_env())
+    _run([uv, "pip", "check", "--python", env_dir / "bin" / "python"], env=_offline_env())
     user = tmp_path / "user"  # a folder outside the repository
     user.mkdir()
     env = _offline_env()
