@@ -484,6 +484,12 @@ def grounded_result(codec: LocationCodec, text: str, size: tuple[int, int],
                         phrases=len(g.phrases), parse_failures=g.failures)
 
 
+def _in_image(px: np.ndarray) -> np.ndarray:
+    """``(N,)`` which ``(N, 4)`` pixel boxes (clipped to the image) have an area: a proposal
+    lying in the padding has none, and is no region of the image."""
+    return (px[:, 2] > px[:, 0]) & (px[:, 3] > px[:, 1])
+
+
 def _ordered(points4: np.ndarray) -> np.ndarray:
     """(N, 4) two points -> (N, 4) ``(min x, min y, max x, max y)`` boxes."""
     p = np.asarray(points4, np.float64).reshape(-1, 4)
@@ -623,8 +629,7 @@ class Predictor:
             found = self.model.propose(feats, max_detections=self.codec.num_regions)
             for i, (im, prop) in enumerate(zip(pils, found)):
                 norm = prop["boxes"].float().cpu().numpy()
-                px = from_model_boxes(norm, im.size)
-                regions[i] = norm[(px[:, 2] > px[:, 0]) & (px[:, 3] > px[:, 1])]  # in the image
+                regions[i] = norm[_in_image(from_model_boxes(norm, im.size))]
         return [EncodedImage(im, ModelFrame(im.size, size), t, f, r)
                 for im, t, f, r in zip(pils, tensors, feats, regions)]
 
@@ -898,9 +903,7 @@ class Predictor:
             norm = prop["boxes"].float().cpu().numpy()
             scores = prop["scores"].float().cpu().numpy()
             px = from_model_boxes(norm, image.size)
-            # A proposal lying in the padding has no area once clipped to the image: not a
-            # region of the image.
-            ok = (px[:, 2] > px[:, 0]) & (px[:, 3] > px[:, 1])
+            ok = _in_image(px)
             kept.append((px[ok], scores[ok]))
             for b in norm[ok]:
                 prompt_images.append(image)
